@@ -44,7 +44,9 @@ def make_sample_data(src: str = "../shared/data/monuseg", dst: str = "bundle/sam
         name = f"{tile}_y{top}_x{left}"
         window = np.s_[top : top + CROP, left : left + CROP]
         image = np.asarray(Image.open(src_dir / "images" / f"{tile}.png").convert("RGB"))[window]
-        label = relabel_sequential(np.asarray(Image.open(src_dir / "labels" / f"{tile}.png")).astype(np.int32)[window])[0]
+        label = relabel_sequential(np.asarray(Image.open(src_dir / "labels" / f"{tile}.png")).astype(np.int32)[window])[
+            0
+        ]
         Image.fromarray(image).save(dst_dir / "images" / f"{name}.png", optimize=True)
         Image.fromarray(label.astype(np.uint16)).save(dst_dir / "labels" / f"{name}.png")
         rows = ["y,x"] + [f"{r.centroid[0]:.1f},{r.centroid[1]:.1f}" for r in regionprops(label)]

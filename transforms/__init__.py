@@ -9,3 +9,31 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
+"""MONAI transforms of the bundle: point loading and alignment, shape-prior masks, HoVer maps.
+
+Public API::
+
+    from transforms import PointsToEllipseMask, PointsToEllipseMaskd, HVMap, HVMapd, LoadPointsd
+"""
+
+from transforms.ellipse_mask import EllipseSample, PointsToEllipseMask, PointsToEllipseMaskd
+from transforms.hv_map import HVMap, HVMapd
+from transforms.points import AlignPointsd, LoadPoints, LoadPointsd, PointsToMap, PointsToMapd, points_inside
+from transforms.points_io import PointsFileError, find_point_problems, read_points
+
+__all__ = [
+    "AlignPointsd",
+    "EllipseSample",
+    "HVMap",
+    "HVMapd",
+    "LoadPoints",
+    "LoadPointsd",
+    "PointsFileError",
+    "PointsToEllipseMask",
+    "PointsToEllipseMaskd",
+    "PointsToMap",
+    "PointsToMapd",
+    "find_point_problems",
+    "points_inside",
+    "read_points",
+]

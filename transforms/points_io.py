@@ -41,7 +41,15 @@ import numpy as np
 __all__ = ["PointsFileError", "read_points", "find_point_problems", "POINT_FILE_SUFFIXES"]
 
 POINT_FILE_SUFFIXES = (".csv", ".tsv", ".txt", ".json", ".geojson", ".npy", ".png", ".tif", ".tiff", ".bmp")
-_GEOJSON_TYPES = {"FeatureCollection", "Feature", "Point", "MultiPoint", "Polygon", "MultiPolygon", "GeometryCollection"}
+_GEOJSON_TYPES = {
+    "FeatureCollection",
+    "Feature",
+    "Point",
+    "MultiPoint",
+    "Polygon",
+    "MultiPolygon",
+    "GeometryCollection",
+}
 
 
 class PointsFileError(ValueError):
@@ -87,7 +95,10 @@ def find_point_problems(
     problems = []
     finite = np.isfinite(points).all(axis=1)
     if not finite.all():
-        problems.append(f"{int((~finite).sum())} point(s) with NaN or infinite coordinates (first: index {np.argmin(finite)})")
+        problems.append(
+            f"{int((~finite).sum())} point(s) with NaN or infinite coordinates (first: index {np.argmin(finite)})"
+        )
+    index = np.flatnonzero(finite)  # report indices into the caller's array
     points = points[finite]
     if spatial_size is not None:
         h, w = (int(s) for s in spatial_size)
@@ -103,10 +114,10 @@ def find_point_problems(
 
         pairs = cKDTree(points).query_pairs(duplicate_distance, output_type="ndarray")
         if len(pairs):
-            i, j = pairs[0]
+            i, j = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))[0]]
             problems.append(
                 f"{len(pairs)} duplicate point pair(s) closer than {duplicate_distance} px "
-                f"(first: index {i} and {j} at y={points[i, 0]:.1f}, x={points[i, 1]:.1f})"
+                f"(first: index {index[i]} and {index[j]} at y={points[i, 0]:.1f}, x={points[i, 1]:.1f})"
             )
     return problems
 

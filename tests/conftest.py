@@ -1,0 +1,40 @@
+# Copyright (c) 2026 The pointsynth-nuclei authors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Shared fixtures: the embedded sample (always present) and the full MoNuSeg training data (if beside the repo)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "bundle" / "sample_data"
+MONUSEG = REPO.parent / "shared" / "data" / "monuseg"
+
+
+@pytest.fixture(scope="session")
+def sample_names() -> list[str]:
+    return sorted(p.stem for p in (SAMPLE / "images").glob("*.png"))
+
+
+@pytest.fixture(scope="session")
+def monuseg() -> Path:
+    if not (MONUSEG / "split.json").is_file():
+        pytest.skip(f"MoNuSeg training data not found at {MONUSEG}")
+    return MONUSEG
+
+
+def load_label(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path)).astype(np.int32)
