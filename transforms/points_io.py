@@ -17,7 +17,8 @@ centres at integer coordinates (the convention of ``skimage.measure.regionprops`
 Supported formats (chosen by file extension):
 
 - ``.csv`` / ``.tsv`` / ``.txt``: a header naming the columns ``y`` and ``x`` (any order, any further
-  columns, comma, semicolon or tab separated). QuPath's "Export points" TSV (``x y class name``) is read.
+  columns, comma, semicolon or tab separated). QuPath's "Export points" TSV (``x y class name``) is read;
+  tables are taken as pixel-centre coordinates (QuPath's pixel-corner values are then 0.5 px off).
 - ``.json``: a list of ``[y, x]`` pairs, a list of ``{"y": .., "x": ..}`` objects, or an object with such a
   list under ``"points"``; a JSON file holding GeoJSON is read as GeoJSON.
 - ``.geojson``: a GeoJSON ``FeatureCollection``/``Feature``/geometry, e.g. a QuPath point annotation
