@@ -18,8 +18,8 @@ Public API::
 
 from transforms.ellipse_mask import EllipseSample, PointsToEllipseMask, PointsToEllipseMaskd
 from transforms.hv_map import HVMap, HVMapd
-from transforms.points import AlignPointsd, LoadPoints, LoadPointsd, PointsToMap, PointsToMapd, points_inside
-from transforms.points_io import PointsFileError, find_point_problems, read_points
+from transforms.points import AlignPointsd, LoadPoints, LoadPointsd, PointsToMap, PointsToMapd
+from transforms.points_io import PointsFileError, find_point_problems, points_inside, read_points
 
 __all__ = [
     "AlignPointsd",

@@ -34,6 +34,8 @@ from monai.utils import convert_data_type
 from scipy.spatial import cKDTree
 from scipy.special import betaincinv
 
+from transforms.points_io import points_inside
+
 __all__ = ["EllipseSample", "PointsToEllipseMask", "PointsToEllipseMaskd"]
 
 PRIORS = ("paper", "density")
@@ -460,7 +462,7 @@ def _check_points(points: NdarrayOrTensor, size: tuple[int, int]) -> np.ndarray:
             f"points contain NaN or infinite values (first: index {np.argmin(np.isfinite(array).all(1))})."
         )
     h, w = size
-    outside = (array[:, 0] < -0.5) | (array[:, 0] >= h - 0.5) | (array[:, 1] < -0.5) | (array[:, 1] >= w - 0.5)
+    outside = ~points_inside(array, size)
     if outside.any():
         i = int(np.argmax(outside))
         raise ValueError(

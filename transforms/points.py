@@ -35,16 +35,9 @@ from monai.data import MetaTensor
 from monai.transforms import ApplyTransformToPoints, MapTransform, Transform
 from monai.utils import convert_data_type
 
-from transforms.points_io import PointsFileError, find_point_problems, read_points
+from transforms.points_io import PointsFileError, find_point_problems, points_inside, read_points
 
 __all__ = ["LoadPoints", "LoadPointsd", "AlignPointsd", "PointsToMap", "PointsToMapd", "points_inside"]
-
-
-def points_inside(points: np.ndarray, spatial_size: Sequence[int]) -> np.ndarray:
-    """Boolean mask of the ``(y, x)`` points lying in a pixel of an image of ``spatial_size``."""
-    h, w = spatial_size
-    y, x = points[:, 0], points[:, 1]
-    return (y >= -0.5) & (y < h - 0.5) & (x >= -0.5) & (x < w - 0.5)
 
 
 class LoadPoints(Transform):

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["PointsFileError", "read_points", "find_point_problems", "POINT_FILE_SUFFIXES"]
+__all__ = ["PointsFileError", "read_points", "find_point_problems", "points_inside", "POINT_FILE_SUFFIXES"]
 
 POINT_FILE_SUFFIXES = (".csv", ".tsv", ".txt", ".json", ".geojson", ".npy", ".png", ".tif", ".tiff", ".bmp")
 _GEOJSON_TYPES = {
@@ -51,6 +51,14 @@ _GEOJSON_TYPES = {
     "MultiPolygon",
     "GeometryCollection",
 }
+
+
+def points_inside(points: np.ndarray, spatial_size: Sequence[int]) -> np.ndarray:
+    """Boolean mask of the ``(y, x)`` points lying in a pixel of an image of ``spatial_size``
+    (``-0.5 <= y < H - 0.5`` and likewise for ``x``)."""
+    h, w = (int(s) for s in spatial_size)
+    y, x = points[:, 0], points[:, 1]
+    return (y >= -0.5) & (y < h - 0.5) & (x >= -0.5) & (x < w - 0.5)
 
 
 class PointsFileError(ValueError):
@@ -103,7 +111,7 @@ def find_point_problems(
     points = points[finite]
     if spatial_size is not None:
         h, w = (int(s) for s in spatial_size)
-        outside = (points[:, 0] < -0.5) | (points[:, 0] >= h - 0.5) | (points[:, 1] < -0.5) | (points[:, 1] >= w - 0.5)
+        outside = ~points_inside(points, (h, w))
         if outside.any():
             first = points[np.argmax(outside)]
             problems.append(
