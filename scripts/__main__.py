@@ -23,7 +23,7 @@ def _commands() -> dict:
 
 
 def main() -> None:
-    fire.Fire(_commands(), name="python -m scripts")
+    fire.Fire(_commands(), name="scripts")
 
 
 if __name__ == "__main__":
