@@ -55,9 +55,7 @@ class LoadPoints(Transform):
     def __call__(self, path: str | Path, spatial_size: Sequence[int] | None = None) -> MetaTensor:
         points = read_points(path)
         size = spatial_size if spatial_size is not None else self.spatial_size
-        problems = find_point_problems(points, size)
-        if self.allow_duplicates:
-            problems = [p for p in problems if "duplicate" not in p]
+        problems = find_point_problems(points, size, duplicate_distance=None if self.allow_duplicates else 0.5)
         if problems:
             raise PointsFileError(f"{path}: " + "; ".join(problems))
         out = MetaTensor(torch.from_numpy(points))

@@ -93,12 +93,13 @@ def read_points(path: str | Path) -> np.ndarray:
 
 
 def find_point_problems(
-    points: np.ndarray, spatial_size: Sequence[int] | None = None, duplicate_distance: float = 0.5
+    points: np.ndarray, spatial_size: Sequence[int] | None = None, duplicate_distance: float | None = 0.5
 ) -> list[str]:
     """Describe what is wrong with a set of ``(y, x)`` points; an empty list means nothing.
 
     Checks: non-finite values, points outside an image of ``spatial_size`` (a point must lie in one of its
-    pixels: ``-0.5 <= y < H - 0.5``), and points closer than ``duplicate_distance`` pixels to an earlier one.
+    pixels: ``-0.5 <= y < H - 0.5``), and points closer than ``duplicate_distance`` pixels to an earlier one
+    (``None``: not checked).
     """
     points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
     problems = []
@@ -118,7 +119,7 @@ def find_point_problems(
                 f"{int(outside.sum())} point(s) outside the {h}x{w} image "
                 f"(first: y={first[0]:.1f}, x={first[1]:.1f}; points are (y, x) pixel coordinates)"
             )
-    if len(points) > 1:
+    if len(points) > 1 and duplicate_distance is not None:
         from scipy.spatial import cKDTree
 
         pairs = cKDTree(points).query_pairs(duplicate_distance, output_type="ndarray")
