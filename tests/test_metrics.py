@@ -305,12 +305,13 @@ def test_relabelling_and_dtype_invariance(path: Path) -> None:
 @pytest.mark.parametrize("threshold", [0.5, 0.3, 0.75])
 def test_panoptic_quality_matches_monai_on_real_crops(path: Path, threshold: float) -> None:
     gt = _read_label(path)
-    pred = _perturb(gt, seed=3)
-    ours = panoptic_quality(pred, gt, match_iou_threshold=threshold)
-    assert ours == pytest.approx(_monai_pq(pred, gt, threshold), abs=1e-6)
-    assert ours["pq"] < 0.95
-    if threshold <= 0.5:  # with a strict 0.75 IoU, a grown and shifted prediction may match nothing
-        assert ours["pq"] > 0.2
+    eroded = gt.copy()
+    eroded[find_boundaries(gt, mode="inner")] = 0  # IoUs around 0.6-0.9: pairs on both sides of 0.75
+    for pred in (_perturb(gt, seed=3), eroded):
+        ours = panoptic_quality(pred, gt, match_iou_threshold=threshold)
+        assert ours == pytest.approx(_monai_pq(pred, gt, threshold), abs=1e-6)
+        assert ours["pq"] < 0.95
+    assert ours["dq"] > 0.1  # the eroded prediction matches nuclei even at 0.75
 
 
 def test_panoptic_quality_matches_monai_synthetic_low_threshold() -> None:
@@ -337,7 +338,7 @@ def test_against_reference_loops_on_real_crop(path: Path) -> None:
     ref_aji_plus, ref_object_dice = _reference_aji_plus_and_object_dice(pred, gt)
     assert aji_plus(pred, gt) == pytest.approx(ref_aji_plus, abs=1e-12)
     assert object_dice(pred, gt) == pytest.approx(ref_object_dice, abs=1e-12)
-    assert 0.3 < aji(pred, gt) < aji_plus(pred, gt) + 1e-12 < 0.95  # merges cost AJI+ more than AJI... or not
+    assert 0.3 < aji(pred, gt) < 0.95 and 0.3 < aji_plus(pred, gt) < 0.95
 
 
 # ---------------------------------------------------------------- full MoNuSeg tiles
