@@ -59,32 +59,36 @@ def test_load_points_keeps_yx_order_and_the_image_frame():
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_points_follow_crop_flip_and_rotation(seed):
-    original = Compose(loader())(sample_item())
-    label0 = original["label"][0].numpy().astype(int)
-    pixel0 = np.floor(original["points"].numpy() + 0.5).astype(int)
-    ids0 = label0[pixel0[:, 0], pixel0[:, 1]]
+def test_points_follow_crop_flip_and_rotation(seed, tmp_path):
+    # points 0.2 px off their pixel centres, so that rounding is unambiguous after flips (no exact halves)
+    pixel0 = np.floor(read_points(SAMPLE / "points" / f"{NAME}.csv") + 0.5).astype(int)
+    points_file = tmp_path / "points.csv"
+    points_file.write_text("y,x\n" + "\n".join(f"{y + 0.2},{x - 0.2}" for y, x in pixel0))
+    # an image holding point i + 1 at point i's pixel goes through the same (exact) spatial transforms
+    index_map = np.zeros((1, 256, 256), dtype=np.int32)
+    index_map[0, pixel0[:, 0], pixel0[:, 1]] = np.arange(1, len(pixel0) + 1)
+    assert len(np.unique(index_map)) == len(pixel0) + 1  # no two points share a pixel
+    keys = ["image", "label", "index"]
     augment = Compose(
         [
             *loader(),
-            RandSpatialCropd(["image", "label"], roi_size=(160, 120), random_size=False),
-            RandFlipd(["image", "label"], prob=0.5, spatial_axis=0),
-            RandFlipd(["image", "label"], prob=0.5, spatial_axis=1),
-            RandRotate90d(["image", "label"], prob=0.75),
+            RandSpatialCropd(keys, roi_size=(160, 120), random_size=False),
+            RandFlipd(keys, prob=0.5, spatial_axis=0),
+            RandFlipd(keys, prob=0.5, spatial_axis=1),
+            RandRotate90d(keys, prob=0.75),
             AlignPointsd("points", ref_key="image"),
         ]
     ).set_random_state(seed)
-    out = augment(sample_item())
-    label = out["label"][0].numpy().astype(int)
+    out = augment({**sample_item(), "points": str(points_file), "index": index_map})
+    moved_index = out["index"][0].numpy()
     points = out["points"].numpy()
     assert 0 < len(points) < 111  # the crop removed some points
-    assert points.min() >= -0.5 and (points < np.array(label.shape) - 0.5).all()
+    assert points.min() >= -0.5 and (points < np.array(moved_index.shape) - 0.5).all()
     pixel = np.floor(points + 0.5).astype(int)
-    ids = label[pixel[:, 0], pixel[:, 1]]
-    # every surviving point lands on the same nucleus it was on before the augmentation
-    assert set(ids[ids > 0]) <= set(ids0[ids0 > 0])
-    moved = {i for i in ids0[ids0 > 0] if i in set(np.unique(label))}
-    assert sorted(ids[ids > 0]) == sorted(i for i in ids0 if i in moved and i > 0 and i in set(ids))
+    # every surviving point sits exactly where its pixel went, and every point left in the crop survived
+    found = moved_index[pixel[:, 0], pixel[:, 1]]
+    assert (found > 0).all()
+    assert sorted(found) == sorted(moved_index[moved_index > 0])
     assert torch.equal(out["points"].affine, out["image"].affine)
 
 
