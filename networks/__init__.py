@@ -10,3 +10,18 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 """Networks of the bundle (mask->image generator, image->mask net, discriminators)."""
+
+from networks.discriminator import SpectralPatchDiscriminator
+from networks.generator import MaskToImageGenerator, SPADEResBlock
+from networks.mask_net import ImageToMaskNet, PreActBlock
+from networks.utils import maybe_spectral_norm, remove_spectral_norm
+
+__all__ = [
+    "ImageToMaskNet",
+    "MaskToImageGenerator",
+    "PreActBlock",
+    "SPADEResBlock",
+    "SpectralPatchDiscriminator",
+    "maybe_spectral_norm",
+    "remove_spectral_norm",
+]

@@ -27,7 +27,6 @@ import json
 import os
 import random
 import sys
-import uuid
 from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
+from scripts.atomic import atomic_path
 from transforms.points_io import POINT_FILE_SUFFIXES, PointsFileError, find_point_problems, read_points
 
 __all__ = [
@@ -447,18 +447,10 @@ def _relative(path: str | Path, base_dir: str | Path) -> str:
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON to a temporary file in ``path``'s folder, then rename it: ``path`` is never half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write JSON so that ``path`` is never half-written (see :func:`scripts.atomic.atomic_path`)."""
+    with atomic_path(path) as tmp, open(tmp, "x", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
 
 
 def _as_bool(value: bool | str) -> bool:

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,9 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "bundle" / "sample_data"
 MONUSEG = REPO.parent / "shared" / "data" / "monuseg"
+
+# Workflows run in the test process must not restart it with the allocator setting (scripts.runtime.configure).
+os.environ.setdefault("POINTSYNTH_NO_REEXEC", "1")
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,132 @@
+# Copyright (c) 2026 The pointsynth-nuclei authors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Atomic training checkpoints that a killed run resumes from.
+
+MONAI's ``CheckpointSaver`` writes in place (``atomic=False``), so a run killed mid-write can leave a truncated
+file as its newest checkpoint. :class:`TrainingCheckpoint` writes every checkpoint to a temporary file and
+renames it, keeps the newest ``n_saved``, and on ``STARTED`` restores the newest one (networks, optimisers,
+schedulers, image pools and the engine's iteration count) when ``resume`` is on.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint
+
+from scripts.atomic import atomic_path, remove_stale_temporaries
+
+__all__ = ["TrainingCheckpoint", "latest_checkpoint", "list_checkpoints"]
+
+_NAME = re.compile(r"^checkpoint_(\d+)\.pt$")
+
+
+def list_checkpoints(folder: str | Path) -> list[Path]:
+    """The ``checkpoint_<iteration>.pt`` files of ``folder``, oldest first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(folder: str | Path) -> Path | None:
+    """The newest checkpoint of ``folder``, or ``None``."""
+    found = list_checkpoints(folder)
+    return found[-1] if found else None
+
+
+class TrainingCheckpoint:
+    """Save ``save_dict`` atomically every ``save_interval`` epochs and when training completes; resume.
+
+    Args:
+        save_dir: checkpoint folder.
+        save_dict: objects with ``state_dict``/``load_state_dict`` (networks, optimisers, schedulers, ...). The
+            engine's own state (its iteration count, and whatever else its ``state_dict`` holds) is saved under
+            ``"trainer"`` too.
+        save_interval: save every this many epochs (``0``: only at the end).
+        n_saved: number of newest checkpoints kept.
+        resume: on ``STARTED``, load the newest checkpoint of ``save_dir`` if there is one.
+    """
+
+    def __init__(
+        self,
+        save_dir: str | Path,
+        save_dict: dict[str, Any],
+        save_interval: int = 1,
+        n_saved: int = 2,
+        resume: bool = True,
+    ) -> None:
+        if n_saved < 1 or save_interval < 0:
+            raise ValueError(f"need n_saved >= 1 and save_interval >= 0, got {n_saved}, {save_interval}.")
+        if "trainer" in save_dict:
+            raise ValueError("TrainingCheckpoint: 'trainer' is reserved for the engine's own state.")
+        missing = [k for k, v in save_dict.items() if not hasattr(v, "state_dict")]
+        if missing:
+            raise TypeError(f"TrainingCheckpoint: {missing} have no state_dict().")
+        self.save_dir, self.save_dict = Path(save_dir), save_dict
+        self.save_interval, self.n_saved, self.resume = save_interval, n_saved, resume
+        self.logger = logging.getLogger(self.__class__.__name__)
+
+    def attach(self, engine: Engine) -> None:
+        if self.resume:
+            engine.add_event_handler(Events.STARTED, self.load_latest)
+        if self.save_interval:
+            engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self.save)
+        engine.add_event_handler(Events.COMPLETED, self.save)
+
+    def save(self, engine: Engine) -> Path:
+        """Write ``checkpoint_<iteration>.pt`` (unless it exists) and delete all but the newest ``n_saved``."""
+        path = self.save_dir / f"checkpoint_{engine.state.iteration:08d}.pt"
+        if not path.exists():
+            with atomic_path(path) as tmp:
+                state = {k: v.state_dict() for k, v in self.save_dict.items()}
+                torch.save(state | {"trainer": engine.state_dict()}, tmp)
+            self.logger.info(f"saved {path}")
+        for old in list_checkpoints(self.save_dir)[: -self.n_saved]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def load_latest(self, engine: Engine) -> Path | None:
+        """Restore the newest checkpoint (if any); the engine keeps its configured ``max_epochs``."""
+        remove_stale_temporaries(self.save_dir)
+        path = latest_checkpoint(self.save_dir)
+        if path is None:
+            return None
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # a foreign or damaged file: say which
+            raise ValueError(f"{path}: cannot read the checkpoint to resume from ({type(e).__name__}: {e}).") from None
+        missing = sorted(set(self.save_dict) - set(checkpoint)) + (["trainer"] if "trainer" not in checkpoint else [])
+        if missing:
+            raise ValueError(f"{path}: checkpoint lacks {missing}; it was written by a different configuration.")
+        engine_state = dict(checkpoint["trainer"])
+        max_epochs = engine.state.max_epochs
+        epoch_length = engine_state.get("epoch_length") or 1
+        if max_epochs is not None and engine_state.get("iteration", 0) > max_epochs * epoch_length:
+            raise ValueError(
+                f"{path}: the checkpoint is at iteration {engine_state['iteration']}, beyond the configured "
+                f"{max_epochs} epochs of {epoch_length} iterations; raise max_epochs to train further."
+            )
+        try:
+            Checkpoint.load_objects(to_load=self.save_dict, checkpoint=checkpoint)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0]
+            raise ValueError(f"{path}: does not match the configured networks ({first}).") from None
+        engine.load_state_dict(engine_state | {"max_epochs": max_epochs})
+        self.logger.info(f"resumed from {path} at iteration {engine.state.iteration}")
+        return path
