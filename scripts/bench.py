@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+REPO = Path(__file__).resolve().parents[1]
+SYNTHESIS_CONFIGS = ("bundle/configs/train_synthesis.json", "bundle/configs/train_synthesis_cpu.json")
 DEFAULT_TILE = "TCGA-18-5592-01Z-00-DX1"  # 1000x1000 MoNuSeg training tile, 480 nuclei
 MONUSEG = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "monuseg"
 
@@ -138,6 +140,84 @@ class Bench:
             "all_metrics_ms": round(metrics_time * 1e3, 1),
             "n_nuclei": int(len(np.unique(label)) - 1),
         }
+        print(json.dumps(result, indent=2))
+        if output:
+            Path(output).write_text(json.dumps(result, indent=2) + "\n")
+
+    def synthesis(
+        self, steps: int = 8, data: str | None = None, output: str | None = None, child: bool = False
+    ) -> dict:
+        """Training throughput of the synthesis GAN (``cpu`` profile) against a plain eager baseline, same process.
+
+        Modes, each timed over ``steps`` iterations (data loading included) on the same trainer:
+        ``eager_baseline`` (tiles decoded from PNG at every draw, fp32), ``profile`` (the ``cpu`` profile: decoded
+        tiles cached by ``CacheDataset``), ``bf16_channels_last`` (the profile plus bfloat16 autocast and
+        channels-last). The allocator setting only acts at process start, so the command also runs itself in a
+        child process started with it and reports that run too (``with_fast_allocator``).
+        """
+        import os
+        import subprocess
+        import sys
+
+        from monai.bundle import ConfigParser
+
+        from scripts.runtime import FAST_ALLOCATOR, NO_REEXEC
+
+        torch.set_num_threads(2)
+        parser = ConfigParser()
+        parser.read_config([str(REPO / c) for c in SYNTHESIS_CONFIGS])
+        parser["train#handlers"] = []
+        if data is not None:
+            parser["data_dir"] = data
+        trainer = parser.get_parsed_content("train#trainer")
+        cached = parser.get_parsed_content("train#dataloader")
+        parser["train#dataset"] = {
+            "_target_": "Dataset",
+            "data": parser["train#dataset#data"],
+            "transform": "@train#preprocessing",
+        }
+        plain = parser.get_parsed_content("train#dataloader", instantiate=True, lazy=False)
+        modes = {
+            "eager_baseline": (plain, False, False),
+            "profile": (cached, False, False),
+            "bf16_channels_last": (cached, True, True),
+        }
+
+        def step_time(loader, amp: bool, channels_last: bool) -> float:
+            trainer.amp = amp
+            trainer.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+            for network in (
+                trainer.generator,
+                trainer.mask_net,
+                trainer.image_discriminator,
+                trainer.mask_discriminator,
+            ):
+                network.to(memory_format=trainer.memory_format)
+            batches = iter(loader)
+            return median_time(lambda: trainer._iteration(trainer, next(batches)), repeats=steps, warmup=1)
+
+        times: dict[str, list[float]] = {name: [] for name in modes}
+        for _ in range(2):  # interleaved rounds, so that drift of the machine hits every mode alike
+            for name, (loader, amp, channels_last) in modes.items():
+                times[name].append(step_time(loader, amp, channels_last))
+        seconds = {name: min(values) for name, values in times.items()}
+        result = {
+            "machine": _machine(),
+            "fast_allocator": FAST_ALLOCATOR in os.environ.get("GLIBC_TUNABLES", ""),
+            "crop_batch": f"{parser['crop_size']} px, batch {parser['batch_size']}",
+            "seconds_per_iteration": {k: round(v, 3) for k, v in seconds.items()},
+            "iterations_per_second": {k: round(1 / v, 3) for k, v in seconds.items()},
+            "speedup_vs_eager_baseline": {k: round(seconds["eager_baseline"] / v, 2) for k, v in seconds.items()},
+        }
+        if not child and not result["fast_allocator"]:
+            env = {**os.environ, "GLIBC_TUNABLES": FAST_ALLOCATOR, NO_REEXEC: "1"}
+            command = [sys.executable, "-m", "scripts", "bench", "synthesis", "--steps", str(steps), "--child", "True"]
+            command += ["--data", data] if data is not None else []
+            run = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, check=True)
+            child_result = json.loads(run.stdout[run.stdout.index("{") :])
+            result["with_fast_allocator"] = child_result
+            fast = child_result["seconds_per_iteration"]["profile"]
+            result["profile_with_allocator_vs_eager_baseline_without"] = round(seconds["eager_baseline"] / fast, 2)
         print(json.dumps(result, indent=2))
         if output:
             Path(output).write_text(json.dumps(result, indent=2) + "\n")
