@@ -17,9 +17,14 @@ import fire
 
 
 def _commands() -> dict:
-    from scripts import bench, demo, prepare
+    from scripts import bench, demo, prepare, synthesis_report
 
-    return {"prepare": prepare.prepare, "demo": demo.demo, "bench": bench.Bench}
+    return {
+        "prepare": prepare.prepare,
+        "demo": demo.demo,
+        "bench": bench.Bench,
+        "synthesis_report": synthesis_report.synthesis_report,
+    }
 
 
 def main() -> None:

@@ -192,6 +192,25 @@ def test_smoke_workflow_trains_validates_and_writes_everything(tmp_path):
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
 
 
+def test_report_tables_the_rounds_of_a_run(tmp_path, capsys):
+    from scripts.synthesis_report import synthesis_report
+
+    run = tmp_path / "run_c"
+    run.mkdir()
+    rows = [
+        {"iteration": 2, "point_f1": 0.5, "diversity": 0.1, "stain_distance": 0.05, "score": 0.45},
+        {"iteration": 4, "point_f1": 0.4, "diversity": 0.2, "stain_distance": 0.05, "score": 0.35},
+    ]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    synthesis_report(str(run), output=str(tmp_path / "table.md"))
+    table = (tmp_path / "table.md").read_text()
+    assert table == capsys.readouterr().out.rstrip("\n") + "\n"
+    assert "| run_c | last | 4 | 0.4000 | 0.2000 | 0.0500 | 0.3500 |" in table
+    assert "| run_c | best | 2 | 0.5000 | 0.1000 | 0.0500 | 0.4500 |" in table
+    with pytest.raises(FileNotFoundError, match="missing/metrics.jsonl"):
+        synthesis_report(str(tmp_path / "missing"))
+
+
 def test_resume_continues_to_the_configured_iterations(tmp_path):
     _run_smoke(tmp_path / "run")
     parser = _run_smoke(tmp_path / "run", iterations=8)
