@@ -17,13 +17,16 @@ import fire
 
 
 def _commands() -> dict:
-    from scripts import bench, demo, prepare, synthesis_report
+    from scripts import bench, compare, demo, pipeline, point_prior, prepare, synthesis_report
 
     return {
         "prepare": prepare.prepare,
+        "pipeline": pipeline.pipeline,
+        "compare": compare.compare,
         "demo": demo.demo,
         "bench": bench.Bench,
         "synthesis_report": synthesis_report.synthesis_report,
+        "fit_points": point_prior.fit_points,
     }
 
 

@@ -30,7 +30,7 @@ from ignite.handlers import Checkpoint
 
 from scripts.atomic import atomic_path, remove_stale_temporaries
 
-__all__ = ["TrainingCheckpoint", "latest_checkpoint", "list_checkpoints"]
+__all__ = ["load_network_weights", "TrainingCheckpoint", "latest_checkpoint", "list_checkpoints"]
 
 _NAME = re.compile(r"^checkpoint_(\d+)\.pt$")
 
@@ -130,3 +130,44 @@ class TrainingCheckpoint:
         engine.load_state_dict(engine_state | {"max_epochs": max_epochs})
         self.logger.info(f"resumed from {path} at iteration {engine.state.iteration}")
         return path
+
+
+def load_network_weights(
+    network: torch.nn.Module, path: str | Path, key: str | None = None, what: str = "model"
+) -> torch.nn.Module:
+    """Load a state dict into ``network`` from ``path``: a bare state dict (``model.pt``) or a dictionary holding it
+    under ``key`` (a training checkpoint, ``best.pt``).
+
+    Raises:
+        ValueError: the file is missing or unreadable, has no ``key``, or its weights do not fit ``network`` (with
+            the first mismatching parameters and a hint to use the training run's configuration).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: {what} weights not found.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path}: cannot read the {what} weights ({type(e).__name__}: {e}).") from None
+    if key is not None and isinstance(state, dict) and key in state:
+        state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: not a {what} state dict" + (f" (no '{key}' entry)." if key else "."))
+    own = network.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        details = []
+        if wrong:
+            k = wrong[0]
+            details.append(f"{len(wrong)} shape mismatches, e.g. {k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}")
+        if missing:
+            details.append(f"{len(missing)} missing, e.g. {missing[0]}")
+        if unexpected:
+            details.append(f"{len(unexpected)} unexpected, e.g. {unexpected[0]}")
+        raise ValueError(
+            f"{path}: the weights do not match the configured {what} ({'; '.join(details)}). Use the same config "
+            "files (profile, ablation) as the training run that wrote them."
+        )
+    network.load_state_dict(state)
+    return network

@@ -13,12 +13,16 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
-from ignite.engine import Engine
+import torch
+from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar
 
-__all__ = ["LossProgressBar"]
+from scripts.cyclegan import TrainingDivergedError
+
+__all__ = ["LossProgressBar", "StopOnNonFiniteLoss"]
 
 
 class LossProgressBar:
@@ -32,4 +36,32 @@ class LossProgressBar:
         self.bar.attach(engine, output_transform=self._losses)
 
     def _losses(self, output: dict) -> dict[str, float]:
-        return {k: output[k] for k in self.keys if k in output}
+        return {k: _scalar(output[k]) for k in self.keys if k in output}
+
+
+class StopOnNonFiniteLoss:
+    """Stop training with a clear error when ``output[key]`` is NaN or infinite.
+
+    Unlike ignite's ``TerminateOnNan`` it raises (:class:`scripts.cyclegan.TrainingDivergedError`) instead of
+    completing the run, so no checkpoint or model is written from the diverged weights: the last checkpoint stays
+    the last good one.
+    """
+
+    def __init__(self, key: str = "loss") -> None:
+        self.key = key
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        output = engine.state.output
+        value = _scalar(output[self.key]) if isinstance(output, dict) and self.key in output else None
+        if value is not None and not math.isfinite(value):
+            raise TrainingDivergedError(
+                f"{self.key} is {value} at iteration {engine.state.iteration}: training stopped; the last saved "
+                "checkpoint is intact. Resume from it with a lower learning rate or amp off."
+            )
+
+
+def _scalar(value) -> float:
+    return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)

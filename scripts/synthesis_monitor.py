@@ -37,13 +37,11 @@ from typing import Any
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
-from monai.inferers import SlidingWindowInferer
-from monai.utils import HoVerNetBranch
 from torch.utils.tensorboard import SummaryWriter
 
 from scripts.atomic import atomic_path
 from scripts.metrics import point_f1
-from scripts.postprocess import HoVerNetInstances
+from scripts.predict import TilePredictor
 from scripts.synthesis_data import load_tile, validation_crops
 from scripts.synthesis_quality import diversity, kernel_inception_distance, pooled_features, stain_distance
 from scripts.visualize import grid, hv_rgb
@@ -122,8 +120,9 @@ class SynthesisMonitor:
         self.output_dir, self.best_path = Path(output_dir), Path(best_path)
         self.interval, self.noise_draws, self.grid_draws, self.grid_rows = interval, noise_draws, grid_draws, grid_rows
         self.fidelity_weight, self.feature_network = fidelity_weight, feature_network
-        self.postprocessing = postprocessing if postprocessing is not None else HoVerNetInstances()
-        self.inferer = SlidingWindowInferer(roi_size=roi_size or crop_size, sw_batch_size=sw_batch_size, overlap=0.25)
+        self.predictor = TilePredictor(
+            mask_net, roi_size or crop_size, sw_batch_size, intensity_range=(-1.0, 1.0), postprocessing=postprocessing
+        )
         self.crops = validation_crops(self.items, crop_size, max_crops, seed, **(sampler_kwargs or {}))
         self.log_dir, self.amp, self.seed = log_dir, amp, seed
         self.writer: SummaryWriter | None = None
@@ -148,7 +147,7 @@ class SynthesisMonitor:
         try:
             with torch.no_grad(), self._autocast(device):
                 draws = self._draws(device)
-                metrics = {"point_f1": self._point_f1(device), "diversity": diversity(draws)}
+                metrics = {"point_f1": self._point_f1(), "diversity": diversity(draws)}
                 metrics["stain_distance"] = stain_distance(draws[0], self.crops.images)
                 if self.feature_network is not None:
                     real = pooled_features(self.feature_network, self.crops.images)
@@ -182,13 +181,11 @@ class SynthesisMonitor:
                 out.append(self.generator(masks, z).float().cpu())
         return torch.stack(out)
 
-    def _point_f1(self, device: torch.device) -> float:
+    def _point_f1(self) -> float:
         scores = []
         for item in self.items:
             image, points = load_tile(item)
-            output = self.inferer(image[None].to(device) / 127.5 - 1.0, self.mask_net)
-            output = {k: v[0].float().cpu() for k, v in output.items() if k in _BRANCHES}
-            scores.append(point_f1(self.postprocessing.from_output(output), points))
+            scores.append(point_f1(self.predictor(image), points))
         return float(np.mean(scores))
 
     def _write(self, iteration: int, metrics: dict[str, float], draws: torch.Tensor) -> None:
@@ -221,6 +218,3 @@ class SynthesisMonitor:
         }
         with atomic_path(self.best_path) as tmp:
             torch.save(state, tmp)
-
-
-_BRANCHES = (HoVerNetBranch.NP.value, HoVerNetBranch.HV.value)

@@ -1,0 +1,125 @@
+# Copyright (c) 2026 The pointsynth-nuclei authors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""The paper's comparison (Tables 1-3) at one training budget: the same segmenter trained on dense labels (the upper
+bound), on pseudo masks from the points, on CycleGAN pairs (a), on our pairs from real points (c) and on our pairs
+from fully random point sets, each scored on the labelled validation tiles.
+
+``python -m scripts compare --data ../shared/data/monuseg --output runs/compare`` runs whatever is missing (GANs,
+synthetic datasets, segmenters, evaluations: each stage resumes) and writes ``comparison.md`` / ``.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from scripts.atomic import atomic_path
+from scripts.evaluate import format_comparison
+from scripts.pipeline import CONFIGS, run_workflow
+
+__all__ = ["ROWS", "compare"]
+
+#: row id -> (row name, training data, GAN ablation file or None, point source)
+ROWS = {
+    "upper": ("upper bound: real images + dense labels", "dense", None, None),
+    "pseudo": ("pseudo masks from the points", "pseudo", None, None),
+    "a_real": ("(a) CycleGAN pairs, real points", "synthetic", "ablation_a_cyclegan.json", "real"),
+    "c_real": ("(c) ours, real points", "synthetic", "ablation_c_full.json", "real"),
+    "c_random": ("(c) ours, random points", "synthetic", "ablation_c_full.json", "random"),
+}
+
+
+def compare(
+    data: str = "../shared/data/monuseg",
+    output: str = "runs/compare",
+    profile: str = "cpu",
+    rows: str | tuple = tuple(ROWS),
+    gan_a: str | None = None,
+    gan_c: str | None = None,
+    masks_per_tile: int = 2,
+    draws_per_mask: int = 2,
+    random_tiles: int = 92,
+    seed: int = 0,
+) -> dict:
+    """Train and evaluate the rows of the comparison with the ``profile`` settings; returns the table's data.
+
+    Args:
+        data: labelled data folder with ``split.json`` (training tiles: images + points; validation: labels too).
+        output: results folder: ``<row>/`` (segmentation run and ``evaluation/``), ``gan_a``/``gan_c``,
+            ``synthetic_<row>``, ``comparison.md``.
+        profile: ``cpu`` or ``smoke``: the ``train_synthesis_<profile>.json`` and ``train_<profile>.json`` files.
+        rows: comma-separated row ids among ``upper, pseudo, a_real, c_real, c_random``.
+        gan_a, gan_c: existing GAN run folders to use (default ``output/gan_a``, ``output/gan_c``, trained if needed).
+        masks_per_tile, draws_per_mask: synthetic pairs per real point set (23 tiles x 2 x 2 = 92 pairs).
+        random_tiles: fully random point sets (one mask, one image each).
+        seed: seed of every stage.
+    """
+    selected = [r.strip() for r in rows.split(",")] if isinstance(rows, str) else list(rows)
+    unknown = [r for r in selected if r not in ROWS]
+    if unknown:
+        raise SystemExit(f"error: unknown rows {unknown}; choose among {list(ROWS)}")
+    out = Path(output)
+    gan_dirs = {
+        "ablation_a_cyclegan.json": Path(gan_a or out / "gan_a"),
+        "ablation_c_full.json": Path(gan_c or out / "gan_c"),
+    }
+    common = {"data_dir": str(data), "seed": seed}
+    seg_files = [CONFIGS / "train.json", CONFIGS / f"train_{profile}.json"]
+    results = {}
+    for row in selected:
+        name, training_data, ablation, points = ROWS[row]
+        row_dir = out / row
+        metrics = row_dir / "evaluation" / "metrics.json"
+        seg = {"output_dir": str(row_dir), "model_path": str(row_dir / "model.pt"), "training_data": training_data}
+        if training_data == "dense":
+            seg["key_metric"] = "aji"  # the upper bound may select on labels; every other row selects on points
+        if not metrics.is_file():
+            if ablation is not None:
+                gan_files = [
+                    CONFIGS / "train_synthesis.json",
+                    CONFIGS / f"train_synthesis_{profile}.json",
+                    CONFIGS / ablation,
+                ]
+                gan_dir = gan_dirs[ablation]
+                run_workflow(f"{row}: GAN", "training", gan_files, output_dir=str(gan_dir), **common)
+                synthetic_dir = out / f"synthetic_{row}"
+                counts = (1, 1) if points == "random" else (masks_per_tile, draws_per_mask)
+                run_workflow(
+                    f"{row}: synthesize",
+                    "synthesize",
+                    [*gan_files, CONFIGS / "synthesize.json"],
+                    output_dir=str(gan_dir),
+                    synthetic_dir=str(synthetic_dir),
+                    points_source=points,
+                    random_tiles=random_tiles,
+                    masks_per_tile=counts[0],
+                    draws_per_mask=counts[1],
+                    **common,
+                )
+                seg["synthetic_datalist"] = str(synthetic_dir / "datalist.json")
+            run_workflow(f"{row}: segmenter", "training", seg_files, **seg, **common)
+            run_workflow(
+                f"{row}: evaluate",
+                "evaluating",
+                [*seg_files, CONFIGS / "evaluate.json"],
+                eval_dir=str(row_dir / "evaluation"),
+                **seg,
+                **common,
+            )
+        results[name] = json.loads(metrics.read_text())
+    table = format_comparison(results)
+    with atomic_path(out / "comparison.md") as tmp:
+        tmp.write_text(f"# Comparison on the validation tiles of {data} ({profile} profile)\n\n{table}\n")
+    with atomic_path(out / "comparison.json") as tmp:
+        tmp.write_text(json.dumps({k: {"mean": v["mean"], "std": v["std"]} for k, v in results.items()}, indent=2))
+    print(table)
+    return results

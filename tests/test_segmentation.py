@@ -1,0 +1,232 @@
+# Copyright (c) 2026 The pointsynth-nuclei authors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Stage 4: the segmentation workflow (train.json), its data modes, evaluation (evaluate.json) and the main job."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+from PIL import Image
+
+from networks import ImageToMaskNet
+from scripts.checkpoint import list_checkpoints
+from scripts.cyclegan import TrainingDivergedError
+from scripts.metrics import instance_metrics
+from scripts.pipeline import pipeline
+from scripts.predict import TilePredictor
+from scripts.prepare import PrepareError
+from scripts.segmentation import FreezeEncoder, encoder_parameters, evaluation_items, segmentation_datalist
+from tests.conftest import REPO, SAMPLE, load_label
+
+CONFIGS = REPO / "bundle" / "configs"
+TRAIN, SMOKE, EVALUATE = CONFIGS / "train.json", CONFIGS / "train_smoke.json", CONFIGS / "evaluate.json"
+
+
+def _parser(*files: Path, **overrides) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config([str(f) for f in files])
+    parser.update(overrides)
+    return parser
+
+
+def _train(output_dir: Path, **overrides) -> ConfigParser:
+    parser = _parser(TRAIN, SMOKE, output_dir=str(output_dir), **overrides)
+    parser.get_parsed_content("initialize")
+    parser.get_parsed_content("training")
+    return parser
+
+
+def _data(tmp_path: Path, labels: bool = True) -> Path:
+    data = tmp_path / "data"
+    for sub in ("images", "points") + (("labels",) if labels else ()):
+        shutil.copytree(SAMPLE / sub, data / sub)
+    return data
+
+
+# --- data ------------------------------------------------------------------------------------------------------------
+
+
+def test_datalist_modes_use_labels_only_where_allowed(tmp_path):
+    data = _data(tmp_path)
+    pseudo = segmentation_datalist("pseudo", data, seed=0)
+    dense = segmentation_datalist("dense", data, seed=0)
+    assert len(pseudo["training"]) == 3 and len(pseudo["validation"]) == 1
+    assert all(set(i) == {"image", "points", "name"} for i in pseudo["training"])  # no label reaches training
+    assert all(set(i) == {"image", "label", "name"} for i in dense["training"])
+    assert [i["name"] for i in dense["training"]] == [i["name"] for i in pseudo["training"]]
+    assert {"image", "points", "label"} <= set(pseudo["validation"][0])
+    with pytest.raises(ValueError, match="training_data must be one of"):
+        segmentation_datalist("labels", data)
+    with pytest.raises(ValueError, match="synthetic datalist not found; run the synthesize workflow"):
+        segmentation_datalist("synthetic", data, tmp_path / "missing.json")
+    with pytest.raises(PrepareError, match="needs real instance labels"):
+        segmentation_datalist("dense", _data(tmp_path / "nolabels", labels=False))
+    with pytest.raises(PrepareError, match="evaluation needs real instance labels"):
+        evaluation_items(tmp_path / "nolabels" / "data")
+    assert len(evaluation_items(data, "all")) == 4
+
+
+def test_tile_predictor_matches_the_networks_own_output_and_restores_its_mode():
+    torch.manual_seed(0)
+    net = ImageToMaskNet(features=(8, 16), blocks_per_stage=1).train()
+    image = torch.from_numpy(np.asarray(Image.open(next((SAMPLE / "images").glob("*.png"))))).permute(2, 0, 1).float()
+    predictor = TilePredictor(net, roi_size=256, intensity_range=(0.0, 1.0))
+    outputs = predictor.outputs(image)
+    assert net.training  # mode restored
+    net.eval()
+    with torch.no_grad():
+        direct = net(image[None] / 255.0)
+    for key, value in outputs.items():  # one window covering the tile: the sliding window is the identity
+        assert torch.allclose(value, direct[key][0], atol=1e-5)
+    label = predictor(image)
+    assert label.shape == (256, 256) and label.dtype == np.int32
+
+
+# --- the workflow ------------------------------------------------------------------------------------------
+
+
+def test_smoke_training_selects_by_points_and_writes_the_model(tmp_path):
+    parser = _train(tmp_path / "run")
+    trainer = parser.get_parsed_content("train#trainer")
+    assert trainer.state.iteration == 4
+    names = [p.name for p in list_checkpoints(tmp_path / "run" / "checkpoints")]
+    assert names == ["checkpoint_00000002.pt", "checkpoint_00000004.pt"]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [2, 4]
+    best = max(rows, key=lambda r: r["point_f1"])
+    validator = parser.get_parsed_content("train#validator")
+    assert validator.best == {"score": best["point_f1"], "iteration": best["iteration"]}
+    # model.pt holds the selected weights: re-validating it reproduces the selected round's metrics
+    network = parser.get_parsed_content("network")
+    network.load_state_dict(torch.load(tmp_path / "run" / "model.pt", weights_only=True))
+    again = validator.validate()
+    assert again["point_f1"] == pytest.approx(best["point_f1"]) and again["aji"] == pytest.approx(best["aji"])
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_resume_continues_and_keeps_the_best_score(tmp_path):
+    _train(tmp_path / "run")
+    first = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    parser = _train(tmp_path / "run", iterations=8)
+    assert parser.get_parsed_content("train#trainer").state.iteration == 8
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [2, 4, 6, 8]
+    assert parser.get_parsed_content("train#validator").best["score"] == max(r["point_f1"] for r in rows)
+    assert rows[:2] == first
+
+
+def test_first_phase_trains_the_decoders_only(tmp_path):
+    torch.manual_seed(0)
+    net = ImageToMaskNet(features=(8, 16), blocks_per_stage=1)
+    handler = FreezeEncoder(net, epochs=1)
+
+    class _Engine:
+        class state:  # noqa: N801
+            epoch = 1
+
+    handler(_Engine)
+    assert not any(p.requires_grad for p in encoder_parameters(net))
+    assert all(p.requires_grad for p in net.decoder_parameters())
+    _Engine.state.epoch = 2
+    handler(_Engine)
+    assert all(p.requires_grad for p in net.parameters())
+    # in the workflow: after epoch 1 (frozen) the encoder weights equal the initial ones, the decoders moved
+    parser = _parser(TRAIN, SMOKE, output_dir=str(tmp_path / "run"), iterations=2, epoch_length=2)
+    network = parser.get_parsed_content("network")
+    start = {k: v.clone() for k, v in network.state_dict().items()}
+    parser.get_parsed_content("initialize")
+    parser.get_parsed_content("training")
+    enc = {id(p) for p in encoder_parameters(network)}
+    named = dict(network.named_parameters())
+    assert all(torch.equal(p, start[n]) for n, p in named.items() if id(p) in enc)
+    assert any(not torch.equal(p, start[n]) for n, p in named.items() if id(p) not in enc)
+
+
+def test_dense_upper_bound_may_select_on_labels_and_pseudo_must_not(tmp_path):
+    parser = _train(tmp_path / "dense", training_data="dense", key_metric="aji")
+    rows = [json.loads(line) for line in (tmp_path / "dense" / "metrics.jsonl").read_text().splitlines()]
+    assert parser.get_parsed_content("train#validator").best["score"] == max(r["aji"] for r in rows)
+    data = _data(tmp_path, labels=False)
+    with pytest.raises(RuntimeError) as error:
+        _train(tmp_path / "pseudo", data_dir=str(data), key_metric="aji")
+    assert "needs labels for every validation tile" in str(error.value.__cause__)
+
+
+def test_tiles_without_nuclei_train(tmp_path):
+    data = _data(tmp_path)
+    for path in (data / "points").glob("*.csv"):
+        path.write_text("y,x\n")  # every tile without a point: pseudo masks are empty
+    parser = _train(tmp_path / "run", data_dir=str(data))
+    assert np.isfinite(float(parser.get_parsed_content("train#trainer").state.output["loss"].detach()))
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path):
+    _train(tmp_path / "run")
+    before = {p.name: p.read_bytes() for p in list_checkpoints(tmp_path / "run" / "checkpoints")}
+    model = (tmp_path / "run" / "model.pt").read_bytes()
+    nan_loss = "$lambda prediction, target: torch.tensor(float('nan'), requires_grad=True)"
+    with pytest.raises(RuntimeError) as error:
+        _train(tmp_path / "run", iterations=8, loss=nan_loss)
+    assert isinstance(error.value.__cause__, TrainingDivergedError)
+    assert "loss is nan at iteration 5" in str(error.value.__cause__)
+    assert {p.name: p.read_bytes() for p in list_checkpoints(tmp_path / "run" / "checkpoints")} == before
+    assert (tmp_path / "run" / "model.pt").read_bytes() == model
+
+
+def test_evaluate_workflow_reports_and_rejects_a_foreign_model(tmp_path):
+    _train(tmp_path / "run")
+    parser = _parser(TRAIN, SMOKE, EVALUATE, output_dir=str(tmp_path / "run"), eval_section="all")
+    parser.get_parsed_content("evaluating")
+    report = json.loads((tmp_path / "run" / "evaluation" / "metrics.json").read_text())
+    assert report["n_images"] == 4 and len(list((tmp_path / "run" / "evaluation" / "overlays").glob("*.png"))) == 4
+    # the report's numbers are those of the saved model on each tile
+    network = parser.get_parsed_content("network")
+    network.load_state_dict(torch.load(tmp_path / "run" / "model.pt", weights_only=True))
+    item = evaluation_items(SAMPLE, "all")[0]
+    prediction = TilePredictor(network, roi_size=64).predict_item(item)
+    expected = instance_metrics(prediction, load_label(Path(item["label"])))
+    assert report["per_image"][item["name"]]["aji"] == pytest.approx(expected["aji"])
+    torch.save(ImageToMaskNet(features=(8, 16, 32), blocks_per_stage=1).state_dict(), tmp_path / "other.pt")
+    parser = _parser(TRAIN, SMOKE, EVALUATE, output_dir=str(tmp_path / "run"), model_path=str(tmp_path / "other.pt"))
+    with pytest.raises(RuntimeError) as error:
+        parser.get_parsed_content("evaluating")
+    assert "other.pt: the weights do not match the configured segmentation model" in str(error.value.__cause__)
+
+
+# --- the main job ------------------------------------------------------------------------------------------
+
+
+def test_main_job_runs_end_to_end_and_resumes(tmp_path):
+    out = tmp_path / "results"
+    summary = pipeline(output=str(out), profile="smoke")
+    for name in ("summary.png", "metrics.md", "metrics.json", "evaluation/metrics.json", "segmentation/model.pt"):
+        assert (out / name).is_file(), name
+    assert set(summary["seconds"]) == {"1/4 mask -> image GAN", "2/4 synthesize", "3/4 segmenter", "4/4 evaluate"}
+    assert 0.0 <= summary["validation_mean"]["aji"] <= 1.0
+    picture = Image.open(out / "summary.png")
+    assert picture.size == (4 * 260 + 4, 16 + 3 * 260 + 4)  # 3 rows x (points, mask, synthetic, prediction)
+    assert "| ours (synthetic pairs) | 1 |" in (out / "metrics.md").read_text()
+    images = sorted((out / "synthetic" / "images").glob("*.png"))
+    stamps = {p: p.stat().st_mtime_ns for p in images}
+    pipeline(output=str(out), profile="smoke")  # again: every stage resumes, nothing is redone or duplicated
+    assert sorted((out / "synthetic" / "images").glob("*.png")) == images
+    assert {p: p.stat().st_mtime_ns for p in images} == stamps
+    with pytest.raises(SystemExit, match="profile must be one of"):
+        pipeline(output=str(out), profile="huge")
+    with pytest.raises(SystemExit, match="data folder not found"):
+        pipeline(data=str(tmp_path / "missing"), output=str(out), profile="smoke")
