@@ -9,17 +9,18 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""MONAI transforms of the bundle: point loading and alignment, shape-prior masks, HoVer maps.
+"""MONAI transforms of the bundle: point loading and alignment, shape-prior masks, HoVer maps, random points.
 
 Public API::
 
-    from transforms import PointsToEllipseMask, PointsToEllipseMaskd, HVMap, HVMapd, LoadPointsd
+    from transforms import PointsToEllipseMask, PointsToEllipseMaskd, HVMap, HVMapd, LoadPointsd, RandomPointsd
 """
 
 from transforms.ellipse_mask import EllipseSample, PointsToEllipseMask, PointsToEllipseMaskd
 from transforms.hv_map import HVMap, HVMapd
 from transforms.points import AlignPointsd, LoadPoints, LoadPointsd, PointsToMap, PointsToMapd
 from transforms.points_io import PointsFileError, find_point_problems, points_inside, read_points
+from transforms.random_points import PointSample, RandomPoints, RandomPointsd, load_point_prior
 
 __all__ = [
     "AlignPointsd",
@@ -28,12 +29,16 @@ __all__ = [
     "HVMapd",
     "LoadPoints",
     "LoadPointsd",
+    "PointSample",
     "PointsFileError",
     "PointsToEllipseMask",
     "PointsToEllipseMaskd",
     "PointsToMap",
     "PointsToMapd",
+    "RandomPoints",
+    "RandomPointsd",
     "find_point_problems",
+    "load_point_prior",
     "points_inside",
     "read_points",
 ]
