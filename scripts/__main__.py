@@ -23,6 +23,7 @@ def _commands() -> dict:
         "prepare": prepare.prepare,
         "pipeline": pipeline.pipeline,
         "compare": compare.compare,
+        "coherence": compare.coherence,
         "demo": demo.demo,
         "bench": bench.Bench,
         "synthesis_report": synthesis_report.synthesis_report,

@@ -26,7 +26,7 @@ from scripts.atomic import atomic_path
 from scripts.evaluate import format_comparison
 from scripts.pipeline import CONFIGS, run_workflow
 
-__all__ = ["ROWS", "compare"]
+__all__ = ["ROWS", "coherence", "compare"]
 
 #: row id -> (row name, training data, GAN ablation file or None, point source)
 ROWS = {
@@ -49,8 +49,10 @@ def compare(
     draws_per_mask: int = 2,
     random_tiles: int = 92,
     seed: int = 0,
-) -> dict:
-    """Train and evaluate the rows of the comparison with the ``profile`` settings; returns the table's data.
+) -> None:
+    """Train and evaluate the rows of the comparison with the ``profile`` settings.
+
+    Writes ``comparison.md`` and ``comparison.json`` (mean and std of every metric per row) into ``output``.
 
     Args:
         data: labelled data folder with ``split.json`` (training tiles: images + points; validation: labels too).
@@ -122,4 +124,68 @@ def compare(
     with atomic_path(out / "comparison.json") as tmp:
         tmp.write_text(json.dumps({k: {"mean": v["mean"], "std": v["std"]} for k, v in results.items()}, indent=2))
     print(table)
-    return results
+
+
+def coherence(
+    data: str = "../shared/data/monuseg",
+    output: str = "runs/compare",
+    profile: str = "cpu",
+    gans: str = "a=runs/synthesis_cpu_a,b=runs/synthesis_cpu_b,c=runs/synthesis_cpu_c",
+    model: str | None = None,
+    seed: int = 0,
+) -> None:
+    """Mask-image coherence: does a segmenter trained on real data find the nuclei of ``S`` in ``G(S)``?
+
+    For every GAN, one mask is sampled from each *validation* tile's points and rendered once; the upper-bound
+    segmenter (``model``, default ``output/upper/model.pt`` from :func:`compare`) segments the images, scored
+    against ``S`` (object Dice, pixel F1, AJI, ...). Writes ``coherence.md`` / ``.json`` into ``output``.
+
+    Args:
+        gans: comma-separated ``name=run folder`` pairs; the ablation file is picked from the name (a, b or c).
+    """
+    ablations = {"a": "ablation_a_cyclegan.json", "b": "ablation_b_noise.json", "c": "ablation_c_full.json"}
+    out = Path(output)
+    model_path = Path(model or out / "upper" / "model.pt")
+    if not model_path.is_file():
+        raise SystemExit(f"error: {model_path}: no upper-bound model; run `compare --rows upper` first")
+    common = {"data_dir": str(data), "seed": seed}
+    seg_files = [CONFIGS / "train.json", CONFIGS / f"train_{profile}.json", CONFIGS / "evaluate.json"]
+    results = {}
+    for pair in gans.split(","):
+        name, folder = (x.strip() for x in pair.split("=", 1))
+        if name not in ablations:
+            raise SystemExit(f"error: GAN names must be among {list(ablations)}, got {name!r}")
+        gan_files = [
+            CONFIGS / "train_synthesis.json",
+            CONFIGS / f"train_synthesis_{profile}.json",
+            CONFIGS / ablations[name],
+        ]
+        target = out / f"coherence_{name}"
+        run_workflow(
+            f"coherence {name}: synthesize",
+            "synthesize",
+            [*gan_files, CONFIGS / "synthesize.json"],
+            output_dir=folder,
+            synthetic_dir=str(target / "synthetic"),
+            points_section="validation",
+            masks_per_tile=1,
+            draws_per_mask=1,
+            **common,
+        )
+        run_workflow(
+            f"coherence {name}: upper-bound segmenter on G(S)",
+            "evaluating",
+            seg_files,
+            output_dir=str(target),
+            model_path=str(model_path),
+            eval_datalist=str(target / "synthetic" / "datalist.json"),
+            eval_dir=str(target / "evaluation"),
+            **common,
+        )
+        results[f"({name}) {ablations[name][:-5]}"] = json.loads((target / "evaluation" / "metrics.json").read_text())
+    table = format_comparison(results)
+    with atomic_path(out / "coherence.md") as tmp:
+        tmp.write_text(f"# Mask-image coherence: upper-bound segmenter on G(S) vs S ({profile} profile)\n\n{table}\n")
+    with atomic_path(out / "coherence.json") as tmp:
+        tmp.write_text(json.dumps({k: {"mean": v["mean"], "std": v["std"]} for k, v in results.items()}, indent=2))
+    print(table)

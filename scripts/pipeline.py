@@ -55,7 +55,7 @@ def pipeline(
     profile: str = "tiny",
     points: str = "real",
     seed: int = 0,
-) -> dict:
+) -> None:
     """Run the whole method on a data folder and write ``output/summary.png`` and ``output/metrics.md``.
 
     Args:
@@ -109,9 +109,8 @@ def pipeline(
             eval_dir=str(out / "evaluation"),
             **seg,
         )
-    summary = _summary(data_dir, out, labelled, timings, profile, points)
+    _summary(data_dir, out, labelled, timings, profile, points)
     print(f"[pipeline] done in {sum(timings.values()):.0f} s: {out / 'summary.png'}, {out / 'metrics.md'}")
-    return summary
 
 
 def run_workflow(name: str, run_id: str, files: list[Path], **overrides) -> float:
@@ -133,7 +132,7 @@ def run_workflow(name: str, run_id: str, files: list[Path], **overrides) -> floa
     return round(time.perf_counter() - start, 1)
 
 
-def _summary(data_dir: Path, out: Path, labelled: bool, timings: dict, profile: str, points: str) -> dict:
+def _summary(data_dir: Path, out: Path, labelled: bool, timings: dict, profile: str, points: str) -> None:
     """``summary.png`` (points, sampled masks, synthetic images, predictions) and ``metrics.md`` / ``.json``."""
     synthetic = json.loads((out / "synthetic" / "datalist.json").read_text())["training"]
     rows, size = [], 256
@@ -167,7 +166,6 @@ def _summary(data_dir: Path, out: Path, labelled: bool, timings: dict, profile: 
         lines += ["", format_comparison({"ours (synthetic pairs)": str(out / "evaluation" / "metrics.json")})]
     with atomic_path(out / "metrics.md") as tmp:
         tmp.write_text("\n".join(lines) + "\n")
-    return summary
 
 
 def _source_image(data_dir: Path, name: str) -> np.ndarray | None:

@@ -48,6 +48,7 @@ __all__ = [
     "FreezeEncoder",
     "PrepareBatchNucleus",
     "SegmentationValidator",
+    "datalist_items",
     "encoder_parameters",
     "evaluation_items",
     "segmentation_datalist",
@@ -86,9 +87,7 @@ def segmentation_datalist(
                 f"{synthetic_datalist}: synthetic datalist not found; run the synthesize workflow first "
                 "(bundle/configs/synthesize.json)."
             )
-        path = Path(str(synthetic_datalist))
-        training = load_decathlon_datalist(path, data_list_key="training", base_dir=path.parent)
-        training = [{"image": t["image"], "label": t["label"], "name": t.get("name", "")} for t in training]
+        training = [{k: t[k] for k in ("image", "label", "name")} for t in datalist_items(synthetic_datalist)]
     elif training_data == "dense":
         training = [{"image": t["image"], "label": t["label"], "name": t["name"]} for t in datalist["training"]]
     else:
@@ -111,6 +110,16 @@ def _real_datalist(data: Path, seed: int) -> dict:
     if problems:
         raise PrepareError(problems)
     return datalist
+
+
+def datalist_items(path: str | Path, key: str = "training") -> list[dict]:
+    """The items of a MONAI datalist JSON file (paths resolved against its folder), e.g. a synthetic dataset to
+    evaluate a segmenter on (mask-image coherence)."""
+    path = Path(str(path))
+    if not path.is_file():
+        raise ValueError(f"{path}: datalist not found.")
+    items = load_decathlon_datalist(path, data_list_key=key, base_dir=path.parent)
+    return [{**item, "name": item.get("name") or Path(item["image"]).stem} for item in items]
 
 
 def evaluation_items(data_dir: str | Path, section: str = "validation", seed: int = 0) -> list[dict]:

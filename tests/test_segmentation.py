@@ -213,7 +213,8 @@ def test_evaluate_workflow_reports_and_rejects_a_foreign_model(tmp_path):
 
 def test_main_job_runs_end_to_end_and_resumes(tmp_path):
     out = tmp_path / "results"
-    summary = pipeline(output=str(out), profile="smoke")
+    pipeline(output=str(out), profile="smoke")
+    summary = json.loads((out / "metrics.json").read_text())
     for name in ("summary.png", "metrics.md", "metrics.json", "evaluation/metrics.json", "segmentation/model.pt"):
         assert (out / name).is_file(), name
     assert set(summary["seconds"]) == {"1/4 mask -> image GAN", "2/4 synthesize", "3/4 segmenter", "4/4 evaluate"}
@@ -230,3 +231,26 @@ def test_main_job_runs_end_to_end_and_resumes(tmp_path):
         pipeline(output=str(out), profile="huge")
     with pytest.raises(SystemExit, match="data folder not found"):
         pipeline(data=str(tmp_path / "missing"), output=str(out), profile="smoke")
+
+
+@pytest.mark.slow
+def test_compare_and_coherence_write_their_tables(tmp_path):
+    from scripts.compare import coherence, compare
+
+    out = tmp_path / "compare"
+    compare(data=str(SAMPLE), output=str(out), profile="smoke", rows="upper,c_real")
+    table = (out / "comparison.md").read_text()
+    assert "| upper bound: real images + dense labels | 1 |" in table and "| (c) ours, real points | 1 |" in table
+    scores = json.loads((out / "comparison.json").read_text())
+    upper = json.loads((out / "upper" / "evaluation" / "metrics.json").read_text())
+    assert scores["upper bound: real images + dense labels"]["mean"] == upper["mean"]
+    synthetic = json.loads((out / "synthetic_c_real" / "datalist.json").read_text())["training"]
+    assert len(synthetic) == 3 * 2 * 2  # 3 training tiles x 2 masks x 2 draws
+    coherence(data=str(SAMPLE), output=str(out), profile="smoke", gans=f"c={out / 'gan_c'}")
+    result = json.loads((out / "coherence.json").read_text())["(c) ablation_c_full"]
+    assert 0.0 <= result["mean"]["object_dice"] <= 1.0
+    # G(S) of the single validation tile, scored against S itself
+    names = json.loads((out / "coherence_c" / "evaluation" / "metrics.json").read_text())["per_image"]
+    assert list(names) == ["TCGA-G9-6336-01Z-00-DX1_y500_x200_m0_z0"]
+    with pytest.raises(SystemExit, match="unknown rows"):
+        compare(data=str(SAMPLE), output=str(out), rows="upper,best")
