@@ -17,7 +17,7 @@ import fire
 
 
 def _commands() -> dict:
-    from scripts import bench, compare, demo, pipeline, point_prior, prepare, synthesis_report
+    from scripts import bench, compare, demo, export, pipeline, point_prior, prepare, synthesis_report
 
     return {
         "prepare": prepare.prepare,
@@ -28,6 +28,7 @@ def _commands() -> dict:
         "bench": bench.Bench,
         "synthesis_report": synthesis_report.synthesis_report,
         "fit_points": point_prior.fit_points,
+        "export": export.export,
     }
 
 
