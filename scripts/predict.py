@@ -21,6 +21,7 @@ import torch
 from monai.inferers import SlidingWindowInferer
 from monai.utils import HoVerNetBranch
 
+from scripts.deploy import split_output
 from scripts.postprocess import HoVerNetInstances
 from scripts.synthesis_data import load_tile
 
@@ -33,7 +34,8 @@ class TilePredictor:
     """Instance map of a whole RGB tile from a network returning MONAI HoVerNet's output dictionary.
 
     Args:
-        network: the segmenter (``ImageToMaskNet``, MONAI ``HoVerNet`` with ``decoder_padding=True``, or ``F``).
+        network: the segmenter (``ImageToMaskNet``, MONAI ``HoVerNet`` with ``decoder_padding=True``, ``F``, or
+            either wrapped in :class:`scripts.deploy.HoVerNetSingleOutput`: a (B, 4, H, W) tensor output is split).
         roi_size: sliding-window size (a multiple of the network's size factor).
         sw_batch_size: windows per forward pass.
         overlap: sliding-window overlap.
@@ -72,6 +74,8 @@ class TilePredictor:
                 output = self.inferer(x, self.network)
         finally:
             self.network.train(training)
+        if isinstance(output, torch.Tensor):
+            output = split_output(output)
         return {k: v[0].float().cpu() for k, v in output.items() if k in _BRANCHES}
 
     def __call__(self, image: torch.Tensor) -> np.ndarray:

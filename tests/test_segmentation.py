@@ -26,6 +26,7 @@ from PIL import Image
 from networks import ImageToMaskNet
 from scripts.checkpoint import list_checkpoints
 from scripts.cyclegan import TrainingDivergedError
+from scripts.deploy import HoVerNetSingleOutput
 from scripts.metrics import instance_metrics
 from scripts.pipeline import pipeline
 from scripts.predict import TilePredictor
@@ -95,6 +96,8 @@ def test_tile_predictor_matches_the_networks_own_output_and_restores_its_mode():
         assert torch.allclose(value, direct[key][0], atol=1e-5)
     label = predictor(image)
     assert label.shape == (256, 256) and label.dtype == np.int32
+    wrapped = TilePredictor(HoVerNetSingleOutput(net), roi_size=256)  # the exported single-tensor form
+    assert all(torch.equal(wrapped.outputs(image)[k], v) for k, v in outputs.items())
 
 
 # --- the workflow ------------------------------------------------------------------------------------------
