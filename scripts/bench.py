@@ -23,7 +23,7 @@ import math
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -221,6 +221,354 @@ class Bench:
         print(json.dumps(result, indent=2))
         if output:
             Path(output).write_text(json.dumps(result, indent=2) + "\n")
+
+    def inference(
+        self,
+        tile: str = DEFAULT_TILE,
+        size: int = 1000,
+        networks: str | Sequence[str] = ("cpu", "hovernet"),
+        reference: bool = True,
+        model_path: str | None = None,
+        hovernet_path: str | None = None,
+        amp: bool = False,
+        threads: int = 2,
+        rss: bool = False,
+        slides: str | Sequence[int] = (5000, 20000),
+        fill: float = 0.5,
+        slide: str | None = None,
+        fast_allocator: bool = True,
+        output: str | None = None,
+    ) -> None:
+        """Inference speed and memory (``python -m scripts bench inference [--rss] [--slide PATH]``).
+
+        Default: on one MoNuSeg tile (``size`` x ``size`` crop of ``tile``), in this process: our pipeline
+        (``scripts.infer``, outputs label + GeoJSON + CSV) with the ``cpu`` segmenter and MONAI ``HoVerNet`` (fast,
+        ``decoder_padding=True``): tiles/s, Mpx/s, post-processing share, and, for ``cpu``, tiled (``size // 2``
+        regions) vs whole-tile AJI; then MONAI's own pipeline, ``SlidingWindowHoVerNetInferer`` + ``HoVerNet`` (fast,
+        MONAI bundle settings: 164 px output, overlap 1 - 164/256) + ``HoVerNetInstanceMapPostProcessing``, on the
+        same image, and the time ratio. ``--rss``: generates pyramidal TIFFs of the ``slides`` sizes from MoNuSeg
+        tiles (tissue disc covering ``fill``) in a temporary folder and runs ``inference.json`` on each in a child
+        process, reporting its peak RSS (``--fast_allocator False`` runs the children without the glibc setting of
+        ``scripts.runtime``, which never returns freed memory). ``--slide PATH``: the same child-process run on your
+        slide.
+        """
+        import shutil
+        import sys
+        import tempfile
+
+        torch.set_num_threads(threads)
+        networks = [networks] if isinstance(networks, str) and "," not in networks else networks
+        networks = networks.split(",") if isinstance(networks, str) else list(networks)
+        work = Path(tempfile.mkdtemp(prefix="bench_inference_"))
+        result: dict = {"machine": _machine()}
+        try:
+            if rss or slide:
+                model = model_path
+                if model is None and not (REPO / "bundle" / "models" / "model.pt").is_file():
+                    network, _ = _cpu_segmenter(None)
+                    model = str(work / "model.pt")
+                    torch.save(network.state_dict(), model)
+                    result["weights"] = "random weights (seed 0): no trained model given"
+                else:
+                    result["weights"] = model or str(REPO / "bundle" / "models" / "model.pt")
+                if slide:
+                    targets = [(Path(slide), None)]
+                else:
+                    sizes = [int(v) for v in (slides.split(",") if isinstance(slides, str) else slides)]
+                    sources, origin = bench_sources()
+                    result["slides_from"] = f"{origin}, tissue disc covering {fill:.0%}"
+                    targets = []
+                    for side in sizes:
+                        start = time.perf_counter()
+                        path = make_slide(work / f"slide_{side}.tif", side, sources, fill=fill)
+                        targets.append((path, round(time.perf_counter() - start, 1)))
+                runs = []
+                for path, make_s in targets:
+                    out = work / f"out_{path.stem}"
+                    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file"]
+                    command += ["bundle/configs/inference.json", "--input", str(path), "--output_dir", str(out)]
+                    command += ["--model_path", str(model), "--num_threads", str(threads), "--amp", str(amp)]
+                    command += ["--fast_allocator", str(fast_allocator)]
+                    peak, seconds, _ = _run_child(command)
+                    summary = json.loads((out / "summary.json").read_text())["images"][0]
+                    runs.append(
+                        {
+                            "slide": str(path) if slide else f"{summary['shape'][0]}x{summary['shape'][1]}",
+                            "slide_file_mb": round(path.stat().st_size / 2**20, 1),
+                            "make_s": make_s,
+                            "peak_rss_mb": round(peak, 1),
+                            "process_s": round(seconds, 1),
+                            "inference_s": summary["seconds"],
+                            "regions": summary["regions"],
+                            "skipped_regions": summary["skipped_regions"],
+                            "nuclei": summary["nuclei"],
+                            "megapixels_per_s": round(summary["megapixels"] / summary["seconds"], 3),
+                            "regions_per_s": round(summary["regions"] / summary["seconds"], 3),
+                            "postprocess_share": round(
+                                summary["postprocess_s"] / max(summary["network_s"] + summary["postprocess_s"], 1e-9), 3
+                            ),
+                        }
+                    )
+                    shutil.rmtree(out, ignore_errors=True)
+                result["runs"], result["fast_allocator"] = runs, fast_allocator
+                if len(runs) > 1:
+                    result["rss_ratio_largest_vs_smallest"] = round(runs[-1]["peak_rss_mb"] / runs[0]["peak_rss_mb"], 3)
+            else:
+                result |= self._inference_speed(tile, size, networks, reference, model_path, hovernet_path, amp, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        print(json.dumps(result, indent=2))
+        if output:
+            Path(output).write_text(json.dumps(result, indent=2) + "\n")
+
+    def _inference_speed(self, tile, size, networks, reference, model_path, hovernet_path, amp, work) -> dict:
+        import warnings
+
+        from monai.apps.pathology.inferers import SlidingWindowHoVerNetInferer
+        from monai.apps.pathology.transforms.post.array import HoVerNetInstanceMapPostProcessing
+        from PIL import Image
+
+        from scripts.infer import NucleusInference
+        from scripts.metrics import aji
+
+        source = MONUSEG / "images" / f"{tile}.png"
+        if source.is_file():
+            image, origin = np.asarray(Image.open(source).convert("RGB"))[:size, :size], f"MoNuSeg {tile}"
+        else:
+            sources, origin = bench_sources(size)
+            image = np.ascontiguousarray(sources[0][:size, :size])
+        path, warm = work / "tile.png", work / "warm.png"
+        Image.fromarray(image).save(path)
+        Image.fromarray(np.ascontiguousarray(image[:256, :256])).save(warm)  # warm-up input: first-call costs only
+        height, width = image.shape[:2]
+        result: dict = {"input": f"{origin}, {height}x{width}", "amp": amp, "pipelines": {}}
+
+        def ours(network: torch.nn.Module, name: str, region_size: int = 2048) -> dict:
+            engine = NucleusInference(
+                network,
+                path,
+                work / name,
+                outputs=("label", "geojson", "csv"),
+                region_size=region_size,
+                amp=amp,
+                progress=False,
+            )
+            engine.process(warm)
+            summary = engine.process(path)
+            summary["label_map"] = np.asarray(Image.open(summary["outputs"]["label"])).astype(np.int32)
+            return summary
+
+        for name in networks:
+            if name == "cpu":
+                network, weights = _cpu_segmenter(model_path)
+            elif name == "hovernet":
+                network, weights = _hovernet(True, hovernet_path)
+            else:
+                raise ValueError(f"unknown network '{name}' (cpu, hovernet).")
+            summary = ours(network, name)
+            seconds = summary["seconds"]
+            entry = {
+                "weights": weights,
+                "seconds": seconds,
+                "tiles_per_s": round(1 / seconds, 4),
+                "megapixels_per_s": round(height * width / 1e6 / seconds, 4),
+                "network_s": summary["network_s"],
+                "postprocess_s": summary["postprocess_s"],
+                "postprocess_share": round(
+                    summary["postprocess_s"] / max(summary["network_s"] + summary["postprocess_s"], 1e-9), 3
+                ),
+                "nuclei": summary["nuclei"],
+            }
+            if name == "cpu":
+                tiled = ours(network, f"{name}_tiled", region_size=max(size // 2, 192))
+                entry["tiled_regions"] = tiled["regions"]
+                entry["tiled_vs_whole_aji"] = round(aji(tiled["label_map"], summary["label_map"]), 4)
+                entry["tiled_nuclei"] = tiled["nuclei"]
+            result["pipelines"][f"ours_{name}"] = entry
+        if reference:
+            network, weights = _hovernet(False, hovernet_path)
+            network.eval()
+            inferer = SlidingWindowHoVerNetInferer(
+                roi_size=256,
+                sw_batch_size=4,
+                overlap=1 - 164 / 256,
+                padding_mode="constant",
+                cval=0,
+                extra_input_padding=((256 - 164) // 2,) * 4,
+            )
+            postprocessing = HoVerNetInstanceMapPostProcessing(
+                sobel_kernel_size=21, marker_threshold=0.4, marker_radius=2
+            )
+
+            def monai_pipeline(file: Path) -> tuple[float, float, int]:
+                start = time.perf_counter()
+                pixels = np.asarray(Image.open(file).convert("RGB"))
+                x = torch.from_numpy(pixels.transpose(2, 0, 1).astype(np.float32) / 255.0)[None]
+                with torch.no_grad():
+                    output = inferer(x, network)
+                network_s = time.perf_counter() - start
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    info, _ = postprocessing(output["nucleus_prediction"][0], output["horizontal_vertical"][0])
+                return time.perf_counter() - start, network_s, len(info)
+
+            monai_pipeline(warm)
+            seconds, network_s, count = monai_pipeline(path)
+            result["pipelines"]["monai_hovernet"] = {
+                "weights": weights,
+                "seconds": round(seconds, 3),
+                "tiles_per_s": round(1 / seconds, 4),
+                "megapixels_per_s": round(height * width / 1e6 / seconds, 4),
+                "network_s": round(network_s, 3),
+                "postprocess_s": round(seconds - network_s, 3),
+                "postprocess_share": round((seconds - network_s) / seconds, 3),
+                "nuclei": count,
+            }
+            if "ours_hovernet" in result["pipelines"]:
+                ours_s = result["pipelines"]["ours_hovernet"]["seconds"]
+                result["speedup_vs_monai_hovernet"] = round(seconds / ours_s, 2)
+        return result
+
+
+def bench_sources(size: int = 512) -> tuple[list[np.ndarray], str]:
+    """H&E tiles to build benchmark images from: the MoNuSeg training images if ``../shared`` is there, else the
+    embedded sample crops, each mosaicked up to at least ``size`` px."""
+    from PIL import Image
+
+    folder = MONUSEG / "images" if (MONUSEG / "images").is_dir() else REPO / "bundle" / "sample_data" / "images"
+    tiles = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(folder.glob("*.png"))]
+    reps = [max(1, math.ceil(size / min(t.shape[:2]))) for t in tiles]
+    return [np.tile(t, (r, r, 1)) if r > 1 else t for t, r in zip(tiles, reps, strict=True)], str(folder)
+
+
+def make_slide(
+    path: str | Path,
+    size: int,
+    sources: list[np.ndarray],
+    fill: float = 1.0,
+    cell: int = 512,
+    tile: int = 512,
+    mpp: float = 0.25,
+    levels: int | None = None,
+    seed: int = 0,
+    background: int = 243,
+) -> Path:
+    """Write a ``size`` x ``size`` pyramidal RGB TIFF (tiled, zlib, levels halving to ~1024 px), tile by tile.
+
+    Tissue is a centred disc covering ``fill`` of the area (``fill >= 1``: everything), made of ``cell`` x ``cell``
+    crops of ``sources`` (random crop, tile and rotation per cell, seeded) on a plain ``background``. Memory does not
+    depend on ``size``.
+    """
+    import functools
+
+    import tifffile
+
+    rng = np.random.default_rng(seed)
+    n = math.ceil(size / cell)
+    centre = (np.arange(n) + 0.5) * cell / size - 0.5
+    radius2 = fill / math.pi
+    tissue = np.ones((n, n), bool) if fill >= 1 else (centre[:, None] ** 2 + centre[None, :] ** 2 <= radius2)
+    choice = rng.integers(len(sources), size=(n, n))
+    offsets = rng.random((n, n, 2))
+    turns = rng.integers(4, size=(n, n))
+    if levels is None:
+        levels = 1
+        while math.ceil(size / 2**levels) >= 1024 and cell >> levels >= 1:
+            levels += 1
+
+    @functools.lru_cache(maxsize=4 * n + 64)
+    def cell_pixels(k: int, i: int, j: int) -> np.ndarray | None:
+        if not tissue[i, j]:
+            return None
+        src = sources[choice[i, j]]
+        y = int(offsets[i, j, 0] * (src.shape[0] - cell + 1))
+        x = int(offsets[i, j, 1] * (src.shape[1] - cell + 1))
+        pixels = np.rot90(src[y : y + cell, x : x + cell], turns[i, j])
+        f = 2**k
+        return (pixels.reshape(cell // f, f, cell // f, f, 3).mean(axis=(1, 3)) + 0.5).astype(np.uint8)
+
+    def tiles(k: int):
+        side, step = math.ceil(size / 2**k), cell >> k
+        for y0 in range(0, side, tile):
+            for x0 in range(0, side, tile):
+                out = np.full((tile, tile, 3), background, np.uint8)
+                for i in range(y0 // step, min(n, math.ceil(min(y0 + tile, side) / step))):
+                    for j in range(x0 // step, min(n, math.ceil(min(x0 + tile, side) / step))):
+                        pixels = cell_pixels(k, i, j)
+                        if pixels is None:
+                            continue
+                        ty0, tx0 = max(i * step, y0), max(j * step, x0)
+                        ty1, tx1 = min((i + 1) * step, y0 + tile, side), min((j + 1) * step, x0 + tile, side)
+                        out[ty0 - y0 : ty1 - y0, tx0 - x0 : tx1 - x0] = pixels[
+                            ty0 - i * step : ty1 - i * step, tx0 - j * step : tx1 - j * step
+                        ]
+                yield out
+
+    path = Path(path)
+    with tifffile.TiffWriter(path, bigtiff=True) as tif:
+        for k in range(levels):
+            side = math.ceil(size / 2**k)
+            per_cm = 1e4 / (mpp * 2**k)
+            tif.write(
+                tiles(k),
+                shape=(side, side, 3),
+                dtype=np.uint8,
+                tile=(tile, tile),
+                photometric="rgb",
+                compression="zlib",
+                compressionargs={"level": 1},
+                subfiletype=0 if k == 0 else 1,
+                resolution=(per_cm, per_cm),
+                resolutionunit="CENTIMETER",
+                metadata=None,
+            )
+            cell_pixels.cache_clear()
+    return path
+
+
+def _cpu_segmenter(model_path: str | Path | None, seed: int = 0) -> tuple[torch.nn.Module, str]:
+    """The ``cpu`` profile's segmenter with ``model_path``'s weights (default ``bundle/models/model.pt`` if present),
+    else seeded random weights."""
+    from networks import ImageToMaskNet
+    from scripts.checkpoint import load_network_weights
+
+    torch.manual_seed(seed)
+    network = ImageToMaskNet(features=[16, 32, 64, 128, 256], blocks_per_stage=1)
+    path = Path(model_path) if model_path else REPO / "bundle" / "models" / "model.pt"
+    if model_path or path.is_file():
+        return load_network_weights(network, path, what="segmentation model"), str(path)
+    return network, "random weights (seed 0): no trained model given"
+
+
+def _hovernet(decoder_padding: bool, weights_path: str | Path | None, seed: int = 0) -> tuple[torch.nn.Module, str]:
+    from monai.networks.nets import HoVerNet
+
+    from scripts.checkpoint import load_network_weights
+
+    torch.manual_seed(seed)  # the same random weights for both decoder paddings (they share parameter shapes)
+    network = HoVerNet(mode="fast", in_channels=3, out_classes=0, decoder_padding=decoder_padding)
+    if weights_path:
+        return load_network_weights(network, weights_path, what="HoVerNet"), str(weights_path)
+    return network, "random weights (seed 0)"
+
+
+def _run_child(command: list[str], env: dict | None = None) -> tuple[float, float, str]:
+    """Run ``command`` from the repository root; returns (peak RSS in MiB of that process, wall seconds, output)."""
+    import os
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryFile(mode="w+") as log:
+        start = time.perf_counter()
+        child = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+        seconds = time.perf_counter() - start
+        log.seek(0)
+        output = log.read()
+    if child.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed ({child.returncode}):\n{output[-3000:]}")
+    return usage.ru_maxrss / 1024, seconds, output
 
 
 def _machine() -> str:

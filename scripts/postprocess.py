@@ -15,6 +15,13 @@ MONAI's ``HoVerNetInstanceMapPostProcessing`` also traces a contour per nucleus 
 1000x1000 tile); :class:`HoVerNetInstances` runs the same watershed steps (``GenerateWatershedMask``,
 ``GenerateInstanceBorder``, ``GenerateDistanceMap``, ``GenerateWatershedMarkers``, ``Watershed``) and stops at
 the instance map. Its output equals MONAI's instance map (tested).
+
+MONAI (like the HoVer-Net reference code) min-max normalises the HoVer maps and their Sobel gradients over the whole
+input, so the border strength, and with it the markers, depend on the extremes of the whole tile. Tiled inference of
+a slide then gives each region its own normalisation. With ``hv_range`` and ``sobel_range`` set, both are normalised
+with those fixed ranges instead (clipped to [0, 1]): the result at a pixel depends only on its neighbourhood, so a
+tile segmented in pieces equals the tile segmented whole. :data:`MONUSEG_RANGES` are the medians of the per-tile
+extremes of perfect predictions (HoVer maps of the MoNuSeg training labels, 40x, Sobel kernel 21).
 """
 
 from __future__ import annotations
@@ -33,7 +40,10 @@ from monai.apps.pathology.transforms.post.array import (
 from monai.config import NdarrayOrTensor
 from monai.utils import HoVerNetBranch, convert_data_type
 
-__all__ = ["HoVerNetInstances"]
+__all__ = ["HoVerNetInstances", "MONUSEG_RANGES"]
+
+SOBEL_MIN, SOBEL_MAX = -0.1433, 0.0918  # MoNuSeg training labels: medians over 23 tiles of the (h, v) extremes
+MONUSEG_RANGES = {"hv_range": (-1.0, 1.0), "sobel_range": (SOBEL_MIN, SOBEL_MAX)}
 
 
 class HoVerNetInstances:
@@ -45,6 +55,8 @@ class HoVerNetInstances:
         min_object_size: smallest nucleus and marker kept, in pixels (HoVerNet: 10).
         mask_threshold: foreground probability threshold; ``None``: argmax of the softmax (HoVerNet).
         marker_radius: opening radius applied to the markers.
+        hv_range: fixed (min, max) of the HoVer maps; ``None``: each input's own (MONAI).
+        sobel_range: fixed (min, max) of the Sobel gradients of the normalised HoVer maps; ``None``: each input's own.
     """
 
     def __init__(
@@ -54,7 +66,16 @@ class HoVerNetInstances:
         min_object_size: int = 10,
         mask_threshold: float | None = None,
         marker_radius: int = 2,
+        hv_range: tuple[float, float] | None = None,
+        sobel_range: tuple[float, float] | None = None,
     ) -> None:
+        if (hv_range is None) != (sobel_range is None):
+            raise ValueError("give both hv_range and sobel_range (fixed normalisation) or neither (per input).")
+        for name, r in (("hv_range", hv_range), ("sobel_range", sobel_range)):
+            if r is not None and not float(r[0]) < float(r[1]):
+                raise ValueError(f"{name} must be (min, max) with min < max, got {r}.")
+        self.hv_range = None if hv_range is None else (float(hv_range[0]), float(hv_range[1]))
+        self.sobel_range = None if sobel_range is None else (float(sobel_range[0]), float(sobel_range[1]))
         self.mask = GenerateWatershedMask(
             activation="softmax", threshold=mask_threshold, min_object_size=min_object_size
         )
@@ -76,9 +97,18 @@ class HoVerNetInstances:
             warnings.simplefilter("ignore", category=FutureWarning)
             warnings.simplefilter("ignore", category=DeprecationWarning)
             mask = self.mask(np_logits)
-            border = self.border(mask, hv)
+            border = self.border(mask, hv) if self.hv_range is None else self._fixed_border(mask, hv)
             instances = self.watershed(self.distance(mask, border), mask, self.markers(mask, border))
         return np.asarray(instances, dtype=np.int32)
+
+    def _fixed_border(self, mask: np.ndarray, hv: np.ndarray) -> np.ndarray:
+        """``GenerateInstanceBorder`` with fixed normalisation ranges (clipped to [0, 1])."""
+        (h0, h1), (s0, s1) = self.hv_range, self.sobel_range
+        normalised = (hv - h0) / (h1 - h0)
+        sobel_h = np.asarray(self.border.sobel_gradient(normalised[0:1]))[1]
+        sobel_v = np.asarray(self.border.sobel_gradient(normalised[1:2]))[0]
+        strength = np.maximum(1 - (sobel_h - s0) / (s1 - s0), 1 - (sobel_v - s0) / (s1 - s0))
+        return np.clip(strength[None] - (1 - np.asarray(mask)), 0.0, 1.0).astype(np.float32)
 
     def from_output(self, output: dict[str, torch.Tensor]) -> np.ndarray:
         """Post-process one (unbatched) HoVerNet output dictionary."""

@@ -1,0 +1,479 @@
+# Copyright (c) 2026 The pointsynth-nuclei authors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Reading H&E tiles and whole-slide images region by region, and finding their tissue.
+
+:func:`open_image` returns an :class:`ImageSource` at one pyramid level: ``read(y, x, h, w)`` gives an RGB uint8
+region in that level's pixels, ``thumbnail()`` a small overview. Kinds:
+
+- tiles (PNG, JPEG, BMP, or a TIFF with one level of at most ``TILE_MAX_SIDE`` px): read whole (:class:`ArraySource`);
+- tiled or striped TIFF / SVS slides with the tifffile backend (:class:`TiffSource`): only the TIFF tiles that
+  overlap a region are read and decoded, so memory does not grow with the slide (MONAI's tifffile ``WSIReader``
+  decodes the whole level for every patch);
+- any slide with MONAI's ``WSIReader`` and the OpenSlide or cuCIM backend, when installed (:class:`WSIReaderSource`).
+
+Pixels: 1-channel (grayscale) images are refused (the segmenter needs H&E colour); RGBA is composited onto white
+with a warning; 16-bit samples are scaled to 8 bits (``/ 257``, i.e. the full 16-bit range) with a warning; other
+sample types are refused. Levels are picked by index or by microns per pixel (``mpp``, within 10 %); a missing one
+is an error that lists what the image has.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import warnings
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "SLIDE_SUFFIXES",
+    "TILE_SUFFIXES",
+    "ArraySource",
+    "ImageSource",
+    "LevelInfo",
+    "TiffSource",
+    "WSIReaderSource",
+    "as_rgb8",
+    "find_inputs",
+    "open_image",
+    "tissue_mask",
+]
+
+SLIDE_SUFFIXES = (".svs", ".ndpi", ".scn", ".mrxs", ".bif", ".vms", ".vmu")
+TIFF_SUFFIXES = (".tif", ".tiff")
+TILE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", *TIFF_SUFFIXES)
+TILE_MAX_SIDE = 8192  # a one-level TIFF larger than this on a side is read as a slide (region by region)
+MPP_RTOL = 0.1
+
+
+@dataclass(frozen=True)
+class LevelInfo:
+    """One pyramid level: index, (height, width), downsample from level 0, microns per pixel (``None``: unknown)."""
+
+    index: int
+    shape: tuple[int, int]
+    downsample: float
+    mpp: float | None
+
+    def describe(self) -> str:
+        mpp = f", {self.mpp:.3f} um/px" if self.mpp else ""
+        return f"level {self.index}: {self.shape[0]}x{self.shape[1]} px (downsample {self.downsample:g}{mpp})"
+
+
+def as_rgb8(array: np.ndarray, name: str, warn: bool = True) -> np.ndarray:
+    """(H, W[, C]) image -> (H, W, 3) uint8: RGBA onto white, 16 bit scaled by 1/257; gray and others refused."""
+    if array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (1, 2)):
+        raise ValueError(f"{name}: a 1-channel (grayscale) image; nucleus segmentation needs an RGB H&E image.")
+    if array.ndim != 3 or array.shape[-1] not in (3, 4):
+        raise ValueError(f"{name}: expected an RGB(A) image (H, W, 3|4), got an array of shape {array.shape}.")
+    if array.dtype == np.uint16:
+        if warn:
+            warnings.warn(f"{name}: 16-bit image, scaled to 8 bits (value / 257).", stacklevel=2)
+        array = np.floor(array.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
+    elif array.dtype != np.uint8:
+        raise ValueError(f"{name}: unsupported pixel type {array.dtype} (expected 8- or 16-bit unsigned integers).")
+    if array.shape[-1] == 4:
+        if warn:
+            warnings.warn(f"{name}: RGBA image, composited onto a white background.", stacklevel=2)
+        alpha = array[..., 3:].astype(np.float32) / 255.0
+        array = np.floor(array[..., :3] * alpha + 255.0 * (1.0 - alpha) + 0.5).astype(np.uint8)
+    return np.ascontiguousarray(array)
+
+
+class ImageSource(ABC):
+    """An RGB image at one level, read by region. Coordinates are (y, x) pixels of that level."""
+
+    path: Path
+    is_slide: bool
+    levels: list[LevelInfo]
+    level: int
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+    @property
+    def info(self) -> LevelInfo:
+        return self.levels[self.level]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.info.shape
+
+    @property
+    def downsample(self) -> float:
+        """Level-0 pixels per pixel of the level read."""
+        return self.info.downsample
+
+    @property
+    def mpp(self) -> float | None:
+        return self.info.mpp
+
+    def read(self, y: int, x: int, h: int, w: int) -> np.ndarray:
+        """(h, w, 3) uint8 region of the level read; the region must lie inside the image."""
+        return self.read_level(self.level, y, x, h, w)
+
+    @abstractmethod
+    def read_level(self, level: int, y: int, x: int, h: int, w: int) -> np.ndarray:
+        """(h, w, 3) uint8 region of any level."""
+
+    def thumbnail(self, max_side: int = 2048) -> tuple[np.ndarray, float]:
+        """A reduced RGB copy of the level read, at most ``max_side`` px long, and its scale (thumbnail px per px).
+
+        Read from the coarsest pyramid level that is still at least as fine as the thumbnail, block by block.
+        """
+        height, width = self.shape
+        factor = max(1.0, max(height, width) / max_side)
+        candidates = [lv for lv in self.levels if lv.downsample / self.downsample <= factor * 1.001]
+        source = max(candidates, key=lambda lv: lv.downsample) if candidates else self.info
+        relative = source.downsample / self.downsample  # level-read px per source px
+        step = max(1, int(factor / relative))  # source px per thumbnail px, an integer block reduction
+        sh, sw = source.shape
+        out = np.zeros((math.ceil(sh / step), math.ceil(sw / step), 3), dtype=np.uint8)
+        block = max(step, (2048 // step) * step)
+        for y in range(0, sh, block):
+            for x in range(0, sw, block):
+                h, w = min(block, sh - y), min(block, sw - x)
+                region = self.read_level(source.index, y, x, h, w)
+                out[y // step : y // step + math.ceil(h / step), x // step : x // step + math.ceil(w / step)] = (
+                    _block_mean(region, step)
+                )
+        return out, 1.0 / (relative * step)
+
+    def close(self) -> None:  # noqa: B027 (nothing to release by default)
+        """Release the file."""
+
+    def __enter__(self) -> ImageSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _block_mean(region: np.ndarray, step: int) -> np.ndarray:
+    if step == 1:
+        return region
+    h, w = region.shape[:2]
+    ph, pw = -h % step, -w % step
+    if ph or pw:
+        region = np.pad(region, ((0, ph), (0, pw), (0, 0)), mode="edge")
+    blocks = region.reshape(region.shape[0] // step, step, region.shape[1] // step, step, 3)
+    return (blocks.mean(axis=(1, 3)) + 0.5).astype(np.uint8)
+
+
+class ArraySource(ImageSource):
+    """A tile held in memory (one level)."""
+
+    def __init__(self, path: str | Path, image: np.ndarray, mpp: float | None = None) -> None:
+        self.path, self.image, self.is_slide, self.level = Path(path), image, False, 0
+        self.levels = [LevelInfo(0, tuple(image.shape[:2]), 1.0, mpp)]
+
+    def read_level(self, level: int, y: int, x: int, h: int, w: int) -> np.ndarray:
+        return self.image[y : y + h, x : x + w]
+
+
+def _load_tile(path: Path) -> np.ndarray:
+    """Decode a whole tile file (PIL for PNG/JPEG/BMP, tifffile for TIFF) with errors that name the file."""
+    from PIL import Image
+
+    try:
+        if path.suffix.lower() in TIFF_SUFFIXES:
+            import tifffile
+
+            return tifffile.imread(path, key=0)
+        with Image.open(path) as image:
+            image.load()
+            if image.mode in ("P", "PA"):
+                image = image.convert("RGBA")
+            elif image.mode == "CMYK":
+                image = image.convert("RGB")
+            array = np.asarray(image)
+            if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+                array = array.astype(np.uint16) if image.mode != "I" else array
+            return array
+    except Exception as e:  # PIL, tifffile and zlib raise many kinds of errors on damaged files
+        raise ValueError(
+            f"{path}: cannot read the image; the file is damaged, truncated or not an image ({type(e).__name__}: {e})."
+        ) from e
+
+
+def _tiff_mpp(tif, page) -> float | None:
+    """Level-0 microns per pixel from SVS metadata or the resolution tags, else ``None``."""
+    if getattr(tif, "is_svs", False):
+        try:
+            mpp = float(tif.svs_metadata.get("MPP", 0))
+            if mpp > 0:
+                return mpp
+        except Exception:  # malformed description: fall back to the tags
+            pass
+    tags = page.tags
+    if "XResolution" not in tags or "ResolutionUnit" not in tags:
+        return None
+    numerator, denominator = tags["XResolution"].value
+    unit = int(tags["ResolutionUnit"].value)
+    if not numerator or not denominator or unit not in (2, 3):  # 2: inch, 3: centimetre
+        return None
+    per_unit = numerator / denominator  # pixels per unit
+    return (25400.0 if unit == 2 else 10000.0) / per_unit
+
+
+class TiffSource(ImageSource):
+    """A (pyramidal) TIFF or SVS slide read with tifffile, decoding only the TIFF tiles/strips a region needs."""
+
+    def __init__(self, path: str | Path) -> None:
+        import tifffile
+
+        self.path, self.is_slide, self.level = Path(path), True, 0
+        self._lock = threading.Lock()
+        try:
+            self.tif = tifffile.TiffFile(self.path)
+            series = self.tif.series[0]
+            pages = [lv.keyframe for lv in series.levels]
+        except Exception as e:
+            raise ValueError(f"{self.path}: cannot read the TIFF ({type(e).__name__}: {e}).") from e
+        self.pages = pages
+        size = self.path.stat().st_size
+        h0 = pages[0].imagelength
+        mpp0 = _tiff_mpp(self.tif, pages[0])
+        self.levels = []
+        for i, page in enumerate(pages):
+            self._check_page(page, i, size)
+            ds = h0 / page.imagelength
+            self.levels.append(
+                LevelInfo(i, (page.imagelength, page.imagewidth), ds, mpp0 * ds if mpp0 is not None else None)
+            )
+
+    def _check_page(self, page, index: int, file_size: int) -> None:
+        name = f"{self.path} (level {index})"
+        if page.planarconfig != 1 and page.samplesperpixel > 1:
+            raise ValueError(f"{name}: separate colour planes are not supported; convert to a chunky RGB TIFF.")
+        offsets, counts = np.asarray(page.dataoffsets), np.asarray(page.databytecounts)
+        if len(offsets) == 0 or int((offsets + counts).max()) > file_size:
+            raise ValueError(f"{name}: the file is truncated (image data beyond its end, {file_size} bytes).")
+        as_rgb8(np.zeros((1, 1, page.samplesperpixel), dtype=page.dtype), name, warn=False)
+        first = int(np.flatnonzero(counts)[0]) if counts.any() else None
+        if first is not None:
+            try:
+                self._decode(page, first)
+            except Exception as e:
+                raise ValueError(
+                    f"{name}: cannot decode its {page.compression.name} data ({e}); install `imagecodecs`, or "
+                    "use backend='openslide' with openslide-python and openslide-bin installed."
+                ) from e
+
+    def _decode(self, page, index: int) -> np.ndarray:
+        offset, count = page.dataoffsets[index], page.databytecounts[index]
+        with self._lock:
+            fh = self.tif.filehandle
+            fh.seek(offset)
+            data = fh.read(count)
+        if len(data) != count:
+            raise ValueError(f"{self.path}: truncated image data at byte {offset}.")
+        segment, _, _ = page.decode(data, index, jpegtables=page.jpegtables)
+        return segment.reshape(segment.shape[-3:])  # (rows, columns, samples)
+
+    def read_level(self, level: int, y: int, x: int, h: int, w: int) -> np.ndarray:
+        page = self.pages[level]
+        height, width = page.imagelength, page.imagewidth
+        if page.is_tiled:
+            ch, cw = page.tilelength, page.tilewidth
+        else:
+            ch, cw = page.rowsperstrip or height, width
+        across = math.ceil(width / cw)
+        out = np.zeros((h, w, page.samplesperpixel), dtype=page.dtype)
+        for cy in range(y // ch, (y + h - 1) // ch + 1):
+            for cx in range(x // cw, (x + w - 1) // cw + 1):
+                index = cy * across + cx
+                if not page.databytecounts[index]:
+                    continue  # a sparse (empty) chunk: zeros
+                try:
+                    chunk = self._decode(page, index)
+                except Exception as e:
+                    raise ValueError(
+                        f"{self.path}: cannot decode image data (level {level}, chunk {index}): {e}"
+                    ) from e
+                y0, x0 = cy * ch, cx * cw
+                ty0, tx0 = max(y, y0), max(x, x0)
+                ty1, tx1 = min(y + h, y0 + chunk.shape[0], height), min(x + w, x0 + chunk.shape[1], width)
+                out[ty0 - y : ty1 - y, tx0 - x : tx1 - x] = chunk[ty0 - y0 : ty1 - y0, tx0 - x0 : tx1 - x0]
+        return as_rgb8(out, str(self.path), warn=False)
+
+    def close(self) -> None:
+        self.tif.close()
+
+
+class WSIReaderSource(ImageSource):
+    """A slide read with MONAI's ``WSIReader`` (``openslide`` or ``cucim`` backend)."""
+
+    def __init__(self, path: str | Path, backend: str) -> None:
+        from monai.data import WSIReader
+
+        self.path, self.is_slide, self.level = Path(path), True, 0
+        self.reader = WSIReader(backend=backend, channel_dim=-1)
+        try:
+            self.wsi = self.reader.read(str(self.path))
+        except Exception as e:
+            raise ValueError(f"{self.path}: cannot open the slide with {backend} ({type(e).__name__}: {e}).") from e
+        self.levels = []
+        for i in range(self.reader.get_level_count(self.wsi)):
+            try:
+                mpp = float(np.mean(self.reader.get_mpp(self.wsi, i)))
+            except Exception:  # no resolution metadata
+                mpp = None
+            size = tuple(int(s) for s in self.reader.get_size(self.wsi, i))
+            self.levels.append(LevelInfo(i, size, float(self.reader.get_downsample_ratio(self.wsi, i)), mpp))
+
+    def read_level(self, level: int, y: int, x: int, h: int, w: int) -> np.ndarray:
+        ds = self.levels[level].downsample
+        patch, _ = self.reader.get_data(self.wsi, location=(round(y * ds), round(x * ds)), size=(h, w), level=level)
+        return as_rgb8(np.asarray(patch), str(self.path), warn=False)
+
+
+def _choose_level(source: ImageSource, level: int | None, mpp: float | None) -> int:
+    if level is not None and mpp is not None:
+        raise ValueError("give either a level or an mpp, not both.")
+    listing = "; ".join(lv.describe() for lv in source.levels)
+    if mpp is not None:
+        known = [lv for lv in source.levels if lv.mpp is not None]
+        if not known:
+            raise ValueError(f"{source.path}: has no resolution metadata, so mpp={mpp} cannot be found ({listing}).")
+        best = min(known, key=lambda lv: abs(lv.mpp - mpp))
+        if abs(best.mpp - mpp) > MPP_RTOL * mpp:
+            raise ValueError(f"{source.path}: no level at {mpp} um/px (within {MPP_RTOL:.0%}); it has {listing}.")
+        return best.index
+    level = 0 if level is None else int(level)
+    if not 0 <= level < len(source.levels):
+        raise ValueError(f"{source.path}: has no level {level}; it has {listing}.")
+    return level
+
+
+def _available_backend(backend: str) -> str:
+    if backend != "auto":
+        return backend
+    import importlib.util
+
+    for name, module in (("openslide", "openslide"), ("cucim", "cucim")):
+        if importlib.util.find_spec(module) is not None:
+            if name == "cucim":
+                import torch
+
+                if not torch.cuda.is_available():
+                    continue
+            return name
+    return "tifffile"
+
+
+def open_image(
+    path: str | Path,
+    level: int | None = None,
+    mpp: float | None = None,
+    backend: str = "auto",
+    tile_mpp: float | None = None,
+) -> ImageSource:
+    """Open a tile or a slide at a level (index or microns per pixel).
+
+    Args:
+        path: image file.
+        level: pyramid level (default 0).
+        mpp: microns per pixel of the level to use instead of ``level`` (within 10 %).
+        backend: slides: ``tifffile`` (region reads, built in), ``openslide``, ``cucim``, or ``auto`` (OpenSlide or,
+            on a GPU, cuCIM when installed, else tifffile). Tiles are always read whole.
+        tile_mpp: microns per pixel of tiles (they carry none), used for areas in um^2.
+
+    Raises:
+        ValueError: missing, unreadable, truncated or unsupported files, gray images, missing levels.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: image not found.")
+    suffix = path.suffix.lower()
+    if suffix not in TILE_SUFFIXES + SLIDE_SUFFIXES:
+        raise ValueError(f"{path}: unknown image type '{suffix}' (expected one of {TILE_SUFFIXES + SLIDE_SUFFIXES}).")
+    slide = suffix in SLIDE_SUFFIXES
+    if suffix in TIFF_SUFFIXES and not slide:
+        slide = _tiff_is_slide(path)
+    if not slide:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            source: ImageSource = ArraySource(path, as_rgb8(_load_tile(path), str(path)), mpp=tile_mpp)
+    else:
+        backend = _available_backend(backend)
+        if backend == "tifffile":
+            if suffix not in TIFF_SUFFIXES + (".svs",):
+                raise ValueError(f"{path}: '{suffix}' slides need backend='openslide' (openslide-python installed).")
+            source = TiffSource(path)
+        elif backend in ("openslide", "cucim"):
+            source = WSIReaderSource(path, backend)
+        else:
+            raise ValueError(f"unknown backend '{backend}' (expected auto, tifffile, openslide or cucim).")
+    try:
+        source.level = _choose_level(source, level, mpp)
+        if min(source.shape) < 1:
+            raise ValueError(f"{path}: empty image ({source.shape[0]}x{source.shape[1]} px).")
+    except Exception:
+        source.close()
+        raise
+    return source
+
+
+def _tiff_is_slide(path: Path) -> bool:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            page = series.levels[0].keyframe
+            return len(series.levels) > 1 or max(page.imagelength, page.imagewidth) > TILE_MAX_SIDE
+    except Exception as e:
+        raise ValueError(f"{path}: cannot read the TIFF ({type(e).__name__}: {e}).") from e
+
+
+def find_inputs(path: str | Path) -> list[Path]:
+    """The image files to process: ``path`` itself, or the tiles and slides of a folder (sorted, not recursive).
+
+    Raises:
+        ValueError: nothing found, or two files of a folder share a name stem (their outputs would collide).
+    """
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise ValueError(f"{path}: no such file or folder.")
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in TILE_SUFFIXES + SLIDE_SUFFIXES)
+    if not files:
+        raise ValueError(f"{path}: no image files ({', '.join(TILE_SUFFIXES + SLIDE_SUFFIXES)}).")
+    stems: dict[str, Path] = {}
+    for p in files:
+        if p.stem in stems:
+            raise ValueError(f"{path}: {stems[p.stem].name} and {p.name} would write the same output names.")
+        stems[p.stem] = p
+    return files
+
+
+def tissue_mask(thumbnail: np.ndarray, threshold: float | None = None, dilation: int = 2) -> tuple[np.ndarray, float]:
+    """Tissue in an RGB thumbnail: saturation above ``threshold`` (``None``: Otsu, clipped to [0.04, 0.15]),
+    dilated by ``dilation`` px. Returns the mask and the threshold used."""
+    from scipy import ndimage
+    from skimage.filters import threshold_otsu
+
+    rgb = thumbnail.astype(np.float32)
+    high, low = rgb.max(axis=-1), rgb.min(axis=-1)
+    saturation = (high - low) / np.maximum(high, 1.0)
+    if threshold is None:
+        threshold = float(np.clip(threshold_otsu(saturation) if np.ptp(saturation) > 0 else 0.0, 0.04, 0.15))
+    mask = saturation > threshold
+    if dilation and mask.any():
+        mask = ndimage.binary_dilation(mask, iterations=dilation)
+    return mask, float(threshold)
