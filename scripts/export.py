@@ -44,6 +44,7 @@ __all__ = ["CODE_PACKAGES", "SCHEMA", "SCHEMA_MD5", "ExportError", "export", "ex
 
 REPO = Path(__file__).resolve().parents[1]
 CODE_PACKAGES = ("transforms", "networks", "scripts")
+LABEL_APP_RUNTIME = ("logs", "model", "bin", "lib")  # written by `monailabel start_server` into the app folder
 SCHEMA = "schema/meta_schema_20240725.json"  # under configs/: MONAI's bundle metadata schema, verbatim
 SCHEMA_MD5 = "76e1add273836515d0bbb3bc71962474"
 EMBEDDED_CONFIGS = ("inference.json", "deploy.json")  # inside model.ts: what MonaiBundleInferenceOperator parses
@@ -122,6 +123,14 @@ def export_bundle(
     return output
 
 
+def _ignore_generated(folder: str, names: list[str]) -> set[str]:
+    """Caches, and what a MONAI Label server started from the checkout writes into its app folder."""
+    ignored = {n for n in names if n == "__pycache__" or n.endswith(".pyc")}
+    if Path(folder).name == "label_app":
+        ignored |= {n for n in names if n in LABEL_APP_RUNTIME}
+    return ignored
+
+
 def _network_def(config: dict) -> torch.nn.Module:
     parser = ConfigParser(config)
     try:
@@ -162,7 +171,7 @@ def _write_folder(root: Path, src: Path, config: dict, network: torch.nn.Module)
         (root / "docs").mkdir(exist_ok=True)
         shutil.copy2(REPO / "README.md", root / "docs" / "README.md")
     for package in CODE_PACKAGES:
-        shutil.copytree(REPO / package, root / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copytree(REPO / package, root / package, ignore=_ignore_generated)
 
     (root / "models").mkdir()
     torch.save(network.state_dict(), root / "models" / "model.pt")

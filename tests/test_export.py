@@ -358,3 +358,11 @@ def test_deploy_app(exported, weights, tmp_path):
     for index, path in enumerate(TILES[:2]):
         got = np.asarray(Image.open(tmp_path / "out" / f"{path.stem}_instances.png")).astype(np.int32)
         np.testing.assert_array_equal(got, predictor(torch.from_numpy(_tile(index)).permute(2, 0, 1)))
+
+
+def test_export_leaves_out_caches_and_monai_label_runtime_folders():
+    from scripts.export import _ignore_generated
+
+    names = ["main.py", "logs", "model", "bin", "lib", "__pycache__", "nuclei.pyc"]
+    assert _ignore_generated("scripts/label_app", names) == {"logs", "model", "bin", "lib", "__pycache__", "nuclei.pyc"}
+    assert _ignore_generated("scripts", ["lib", "model", "infer.py", "__pycache__"]) == {"__pycache__"}
