@@ -118,12 +118,7 @@ def compare(
                 **common,
             )
         results[name] = json.loads(metrics.read_text())
-    table = format_comparison(results)
-    with atomic_path(out / "comparison.md") as tmp:
-        tmp.write_text(f"# Comparison on the validation tiles of {data} ({profile} profile)\n\n{table}\n")
-    with atomic_path(out / "comparison.json") as tmp:
-        tmp.write_text(json.dumps({k: {"mean": v["mean"], "std": v["std"]} for k, v in results.items()}, indent=2))
-    print(table)
+    _write_table(out / "comparison", f"Comparison on the validation tiles of {data} ({profile} profile)", results)
 
 
 def coherence(
@@ -183,9 +178,16 @@ def coherence(
             **common,
         )
         results[f"({name}) {ablations[name][:-5]}"] = json.loads((target / "evaluation" / "metrics.json").read_text())
+    _write_table(
+        out / "coherence", f"Mask-image coherence: upper-bound segmenter on G(S) vs S ({profile} profile)", results
+    )
+
+
+def _write_table(stem: Path, title: str, results: dict[str, dict]) -> None:
+    """``<stem>.md`` (the Markdown table of the runs' evaluations) and ``<stem>.json`` (their means and stds)."""
     table = format_comparison(results)
-    with atomic_path(out / "coherence.md") as tmp:
-        tmp.write_text(f"# Mask-image coherence: upper-bound segmenter on G(S) vs S ({profile} profile)\n\n{table}\n")
-    with atomic_path(out / "coherence.json") as tmp:
+    with atomic_path(stem.with_suffix(".md")) as tmp:
+        tmp.write_text(f"# {title}\n\n{table}\n")
+    with atomic_path(stem.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps({k: {"mean": v["mean"], "std": v["std"]} for k, v in results.items()}, indent=2))
     print(table)

@@ -40,6 +40,7 @@ from scripts.deploy import HoVerNetSingleOutput, TensorInstances, split_output
 from scripts.export import SCHEMA, SCHEMA_MD5, ExportError, export, export_bundle
 from scripts.postprocess import HoVerNetInstances
 from scripts.predict import TilePredictor
+from tests.conftest import save_random_segmenter
 from transforms import HVMap
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,19 +62,6 @@ def _run(args: list, cwd: Path = REPO, check: bool = True) -> subprocess.Complet
     return result
 
 
-def _save_random_weights(path: Path, features: list[int] = FEATURES, seed: int = 0) -> Path:
-    """A bare ImageToMaskNet state dict, as train.json writes it, with non-trivial BatchNorm statistics."""
-    torch.manual_seed(seed)
-    state = ImageToMaskNet(features=features, blocks_per_stage=1).state_dict()
-    for key, value in state.items():
-        if key.endswith("running_mean"):
-            value.normal_(0.0, 0.1)
-        elif key.endswith("running_var"):
-            value.uniform_(0.5, 1.5)
-    torch.save(state, path)
-    return path
-
-
 def _eager(weights: Path) -> nn.Module:
     """``network_def`` of inference.json with the weights, in eval mode."""
     network = ConfigParser(ConfigParser.load_config_files([INFERENCE])).get_parsed_content("network_def")
@@ -86,7 +74,7 @@ def _tile(index: int = 0) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Path:
-    return _save_random_weights(tmp_path_factory.mktemp("weights") / "model.pt")
+    return save_random_segmenter(tmp_path_factory.mktemp("weights") / "model.pt")
 
 
 @pytest.fixture(scope="module")
@@ -236,7 +224,7 @@ def test_exported_bundle_works_without_the_repository(exported, weights, tmp_pat
 
 def test_export_bad_input_leaves_nothing(weights, tmp_path, monkeypatch, capsys):
     assert _commands()["export"] is export
-    bad = _save_random_weights(tmp_path / "other.pt", features=[8, 16, 32, 64, 128])
+    bad = save_random_segmenter(tmp_path / "other.pt", features=(8, 16, 32, 64, 128))
     with pytest.raises(SystemExit) as stop:  # python -m scripts export --model other.pt --output dist/b
         export(model=str(bad), output=str(tmp_path / "dist" / "b"), zip=True)
     assert stop.value.code == 2

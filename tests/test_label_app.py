@@ -40,10 +40,9 @@ import torch
 from monai.bundle import ConfigParser
 from PIL import Image
 
-from networks import ImageToMaskNet
 from scripts.export import export_bundle
 from scripts.label_app.nuclei import LABEL, NucleusSegmenter, annotation_result, region_of_interest
-from tests.conftest import REPO, SAMPLE
+from tests.conftest import REPO, SAMPLE, save_random_segmenter
 
 LABEL_PYTHON_ENV = "POINTSYNTH_LABEL_PYTHON"
 TILES = sorted((SAMPLE / "images").glob("*.png"))
@@ -56,26 +55,13 @@ ENV = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {
 }
 
 
-def _random_weights(path: Path, seed: int) -> Path:
-    """A bare ``ImageToMaskNet`` state dict (the shipped CPU segmenter) with non-trivial BatchNorm statistics."""
-    torch.manual_seed(seed)
-    state = ImageToMaskNet(features=[16, 32, 64, 128, 256], blocks_per_stage=1).state_dict()
-    for key, value in state.items():
-        if key.endswith("running_mean"):
-            value.normal_(0.0, 0.1)
-        elif key.endswith("running_var"):
-            value.uniform_(0.5, 1.5)
-    torch.save(state, path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def case(tmp_path_factory) -> tuple[Path, Path, int]:
     """Seeded random weights and the sample tile on which they find the most nuclei (at least 10; most random
     networks find one blob per tile): ``(weights, tile, nuclei)``."""
     folder = tmp_path_factory.mktemp("label_weights")
     for seed in range(10):
-        weights = _random_weights(folder / f"model_{seed}.pt", seed)
+        weights = save_random_segmenter(folder / f"model_{seed}.pt", seed=seed)
         segmenter = NucleusSegmenter(model_path=weights)
         counts = [len(segmenter.segment(tile)) for tile in TILES]
         best = int(np.argmax(counts))

@@ -32,21 +32,14 @@ from scripts.pipeline import pipeline
 from scripts.predict import TilePredictor
 from scripts.prepare import PrepareError
 from scripts.segmentation import FreezeEncoder, encoder_parameters, evaluation_items, segmentation_datalist
-from tests.conftest import REPO, SAMPLE, load_label
+from tests.conftest import REPO, SAMPLE, load_label, parse_configs
 
 CONFIGS = REPO / "bundle" / "configs"
 TRAIN, SMOKE, EVALUATE = CONFIGS / "train.json", CONFIGS / "train_smoke.json", CONFIGS / "evaluate.json"
 
 
-def _parser(*files: Path, **overrides) -> ConfigParser:
-    parser = ConfigParser()
-    parser.read_config([str(f) for f in files])
-    parser.update(overrides)
-    return parser
-
-
 def _train(output_dir: Path, **overrides) -> ConfigParser:
-    parser = _parser(TRAIN, SMOKE, output_dir=str(output_dir), **overrides)
+    parser = parse_configs(TRAIN, SMOKE, output_dir=str(output_dir), **overrides)
     parser.get_parsed_content("initialize")
     parser.get_parsed_content("training")
     return parser
@@ -149,7 +142,7 @@ def test_first_phase_trains_the_decoders_only(tmp_path):
     handler(_Engine)
     assert all(p.requires_grad for p in net.parameters())
     # in the workflow: after epoch 1 (frozen) the encoder weights equal the initial ones, the decoders moved
-    parser = _parser(TRAIN, SMOKE, output_dir=str(tmp_path / "run"), iterations=2, epoch_length=2)
+    parser = parse_configs(TRAIN, SMOKE, output_dir=str(tmp_path / "run"), iterations=2, epoch_length=2)
     network = parser.get_parsed_content("network")
     start = {k: v.clone() for k, v in network.state_dict().items()}
     parser.get_parsed_content("initialize")
@@ -193,7 +186,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path):
 
 def test_evaluate_workflow_reports_and_rejects_a_foreign_model(tmp_path):
     _train(tmp_path / "run")
-    parser = _parser(TRAIN, SMOKE, EVALUATE, output_dir=str(tmp_path / "run"), eval_section="all")
+    parser = parse_configs(TRAIN, SMOKE, EVALUATE, output_dir=str(tmp_path / "run"), eval_section="all")
     parser.get_parsed_content("evaluating")
     report = json.loads((tmp_path / "run" / "evaluation" / "metrics.json").read_text())
     assert report["n_images"] == 4 and len(list((tmp_path / "run" / "evaluation" / "overlays").glob("*.png"))) == 4
@@ -205,7 +198,9 @@ def test_evaluate_workflow_reports_and_rejects_a_foreign_model(tmp_path):
     expected = instance_metrics(prediction, load_label(Path(item["label"])))
     assert report["per_image"][item["name"]]["aji"] == pytest.approx(expected["aji"])
     torch.save(ImageToMaskNet(features=(8, 16, 32), blocks_per_stage=1).state_dict(), tmp_path / "other.pt")
-    parser = _parser(TRAIN, SMOKE, EVALUATE, output_dir=str(tmp_path / "run"), model_path=str(tmp_path / "other.pt"))
+    parser = parse_configs(
+        TRAIN, SMOKE, EVALUATE, output_dir=str(tmp_path / "run"), model_path=str(tmp_path / "other.pt")
+    )
     with pytest.raises(RuntimeError) as error:
         parser.get_parsed_content("evaluating")
     assert "other.pt: the weights do not match the configured segmentation model" in str(error.value.__cause__)

@@ -31,7 +31,7 @@ from PIL import Image
 from scripts.checkpoint import TrainingCheckpoint, latest_checkpoint, list_checkpoints
 from scripts.cyclegan import ImagePool, LinearDecay, TrainingDivergedError, mask_from_prediction, point_loss
 from scripts.prepare import PrepareError
-from tests.conftest import REPO, SAMPLE
+from tests.conftest import REPO, SAMPLE, parse_configs
 
 CONFIGS = REPO / "bundle" / "configs"
 BASE, SMOKE, CPU = (
@@ -41,15 +41,8 @@ BASE, SMOKE, CPU = (
 )
 
 
-def _parser(*files: Path, **overrides) -> ConfigParser:
-    parser = ConfigParser()
-    parser.read_config([str(f) for f in files])
-    parser.update(overrides)
-    return parser
-
-
 def _run_smoke(output_dir: Path, **overrides) -> ConfigParser:
-    parser = _parser(BASE, SMOKE, output_dir=str(output_dir), **overrides)
+    parser = parse_configs(BASE, SMOKE, output_dir=str(output_dir), **overrides)
     parser.get_parsed_content("initialize")
     parser.get_parsed_content("training")
     return parser
@@ -262,7 +255,7 @@ def test_killed_run_resumes_without_losing_a_checkpoint(tmp_path):
 
 def test_profiles_and_ablations_configure_the_documented_networks():
     def built(*files):
-        parser = _parser(BASE, *files)
+        parser = parse_configs(BASE, *files)
         return {k: parser.get_parsed_content(k) for k in ("generator", "mask_net", "loss_weights", "crop_size")}
 
     cpu = built(CPU)
