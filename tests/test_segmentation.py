@@ -78,7 +78,7 @@ def test_datalist_modes_use_labels_only_where_allowed(tmp_path):
 def test_tile_predictor_matches_the_networks_own_output_and_restores_its_mode():
     torch.manual_seed(0)
     net = ImageToMaskNet(features=(8, 16), blocks_per_stage=1).train()
-    image = torch.from_numpy(np.asarray(Image.open(next((SAMPLE / "images").glob("*.png"))))).permute(2, 0, 1).float()
+    image = torch.from_numpy(np.array(Image.open(next((SAMPLE / "images").glob("*.png"))))).permute(2, 0, 1).float()
     predictor = TilePredictor(net, roi_size=256, intensity_range=(0.0, 1.0))
     outputs = predictor.outputs(image)
     assert net.training  # mode restored
