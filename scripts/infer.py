@@ -21,10 +21,16 @@ only the nuclei whose centroid lies in the core are kept: every nucleus is found
 exceeds the nucleus radius plus ``roi_size * overlap``. Their outlines, measurements and pixels stream to the
 writers of :mod:`scripts.writers` (memory does not grow with the slide). Slides skip background regions (saturation
 of a thumbnail, :func:`~scripts.slide_io.tissue_mask`).
+
+Many images (a folder, a CSV or a datalist, :func:`~scripts.slide_io.find_inputs`) are processed one after the other,
+or shared between the processes of a ``torchrun`` run (``multi_gpu_inference.json``, :func:`scripts.distributed.shard`).
+Each image's record (``records/<name>.json``: its result, or its error) is written after all its outputs: a restarted
+run skips the images recorded as done, and the main process writes ``summary.json`` / ``summary.csv`` of every image.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import math
@@ -43,6 +49,7 @@ from skimage.color import hed_from_rgb
 from skimage.measure import find_contours
 from tqdm import tqdm
 
+from scripts import distributed
 from scripts.atomic import atomic_path, remove_stale_temporaries
 from scripts.postprocess import MONUSEG_RANGES, HoVerNetInstances
 from scripts.predict import TilePredictor
@@ -65,6 +72,8 @@ logger = logging.getLogger(__name__)
 
 _NP, _HV = HoVerNetBranch.NP.value, HoVerNetBranch.HV.value
 
+RECORDS = "records"  # per-image records, in output_dir
+SUMMARY_COLUMNS = ("image", "name", "status", "nuclei", "seconds", "rank", "outputs", "error")
 NIFTI_MAX_PIXELS = 100_000_000  # NIfTI maps are built in memory: refuse larger regions of interest
 # per-channel optical density of a uint8 value, as skimage.color.rgb2hed computes it
 _OD = (np.log(np.maximum(np.arange(256) / 255.0, 1e-6)) / np.log(1e-6)).astype(np.float64)
@@ -248,7 +257,7 @@ class NucleusInference:
 
     Args:
         network: the segmenter (weights loaded), returning MONAI HoVerNet's output dictionary.
-        input: image file or folder of images.
+        input: image file, folder of images, or CSV / datalist JSON (:func:`~scripts.slide_io.find_inputs`).
         output_dir: output folder (created).
         outputs: any of ``label``, ``geojson``, ``csv``, ``overlay``, ``nifti``.
         level: pyramid level to process (default 0); or ``mpp``: its microns per pixel (within 10 %).
@@ -267,7 +276,9 @@ class NucleusInference:
         postprocessing: ``(np_logits, hv) -> (1, H, W)`` instances (default :class:`HoVerNetInstances` with the fixed
             normalisation ranges :data:`~scripts.postprocess.MONUSEG_RANGES`, so that regions do not depend on each
             other's extremes; MONAI's per-input normalisation would make each region's markers differ).
-        progress: show progress bars.
+        progress: show progress bars (the images bar on the main process only).
+        overwrite: process every image again (default: skip the images recorded as done with all their outputs).
+        datalist_key: the datalist section to read (default: ``testing``, ``training`` or ``validation``).
     """
 
     def __init__(
@@ -294,6 +305,8 @@ class NucleusInference:
         tile_mpp: float | None = None,
         postprocessing: Callable | None = None,
         progress: bool = True,
+        overwrite: bool = False,
+        datalist_key: str | None = None,
     ) -> None:
         self.network = network
         self.input, self.output_dir = input, Path(output_dir)
@@ -304,12 +317,15 @@ class NucleusInference:
             raise ValueError("need region_size >= 1, margin >= 0, 0 <= overlap < 1 and workers >= 0.")
         self.region_size, self.margin = int(region_size), int(margin)
         self.roi_size, self.overlap = int(roi_size), float(overlap)
-        self.tissue, self.tissue_threshold = bool(tissue), tissue_threshold
+        self.tissue, self.tissue_threshold = _as_bool(tissue), tissue_threshold
         self.workers, self.label_format, self.overlay_size = int(workers), label_format, int(overlay_size)
         self.tile_mpp, self.progress = tile_mpp, progress
+        self.overwrite, self.datalist_key = _as_bool(overwrite), datalist_key
         self.postprocessing = postprocessing if postprocessing is not None else HoVerNetInstances(**MONUSEG_RANGES)
         self.predictor = (
-            TilePredictor(network, roi_size=self.roi_size, sw_batch_size=sw_batch_size, overlap=self.overlap, amp=amp)
+            TilePredictor(
+                network, roi_size=self.roi_size, sw_batch_size=sw_batch_size, overlap=self.overlap, amp=_as_bool(amp)
+            )
             if network is not None
             else None
         )
@@ -319,39 +335,130 @@ class NucleusInference:
         return self.predictor.outputs(torch.from_numpy(image.transpose(2, 0, 1).astype(np.float32)))
 
     def run(self) -> dict:
-        """Process ``input`` (a file or every image of a folder); returns the summary also written to
-        ``output_dir/summary.json``."""
+        """Process every image of ``input`` (this process's share under ``torchrun``) and return the summary of all
+        of them, which the main process writes to ``output_dir/summary.json`` and ``summary.csv``.
+
+        Images whose record says done, with all the requested outputs present, are skipped (unless ``overwrite``).
+        An image that fails is logged and recorded as failed, and the others are processed; the first failure of
+        this process is raised once the summary is written (so that the command exits non-zero).
+        """
         if self.input in (None, ""):
-            raise ValueError("no input: set `input` (e.g. --input slide.tif) to an image file or folder.")
-        paths = find_inputs(self.input)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(self.output_dir)
+            raise ValueError("no input: set `input` (e.g. --input slide.tif) to an image, folder, CSV or datalist.")
+        paths = find_inputs(self.input, self.datalist_key)
         start = time.perf_counter()
-        results = []
-        many = len(paths) > 1
-        for path in tqdm(paths, desc="images", unit="image", disable=not (self.progress and many)):
-            results.append(self.process(path, progress=self.progress and not many))
-        seconds = time.perf_counter() - start
-        megapixels = sum(r["megapixels"] for r in results)
-        network_s, post_s = sum(r["network_s"] for r in results), sum(r["postprocess_s"] for r in results)
-        summary = {
+        if distributed.is_main_process():
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(self.output_dir)
+            remove_stale_temporaries(self.output_dir / RECORDS)
+        todo = paths if self.overwrite else [p for p in paths if not self._complete(p)]
+        distributed.barrier()  # every process has decided what is left before any record changes
+        mine, many, failures = distributed.shard(todo), len(paths) > 1, []
+        ranks = distributed.world_size()
+        desc = "images" if ranks == 1 else f"images (rank 0 of {ranks})"
+        show = self.progress and many and distributed.is_main_process()
+        for path in tqdm(mine, desc=desc, unit="image", disable=not show, dynamic_ncols=True):
+            error = self._process_and_record(path, progress=self.progress and not many)
+            if error is not None:
+                failures.append(error)
+        distributed.barrier()  # every record is written
+        summary = self._summary(paths, todo, time.perf_counter() - start)
+        try:
+            if distributed.is_main_process():
+                self._write_summary(summary)
+        finally:
+            distributed.barrier()  # no process exits (raising) before the summary exists
+        if failures:
+            failures[0].add_note(
+                f"{summary['failed']} of {len(paths)} image(s) failed: see {self.output_dir / 'summary.csv'}."
+            )
+            raise failures[0]
+        return summary
+
+    def _record(self, path: Path) -> Path:
+        return self.output_dir / RECORDS / f"{path.stem}.json"
+
+    def _read_record(self, path: Path) -> dict | None:
+        try:
+            record = json.loads(self._record(path).read_text())
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) else None
+
+    def _complete(self, path: Path) -> bool:
+        """Whether ``path``'s record says done, for the same file, with every requested output present."""
+        record = self._read_record(path)
+        if record is None or record.get("status") != "done" or not record.get("input"):
+            return False
+        outputs = record.get("outputs") or {}
+        return (
+            Path(record["input"]).resolve() == path.resolve()
+            and set(self.outputs) <= set(outputs)
+            and all((self.output_dir / Path(f).name).is_file() for f in outputs.values())
+        )
+
+    def _process_and_record(self, path: Path, progress: bool) -> Exception | None:
+        """Process one image and write its record (after its outputs); returns its error, if it failed."""
+        record_path = self._record(path)
+        record_path.unlink(missing_ok=True)  # a run killed while redoing the image must not find it done
+        start, error = time.perf_counter(), None
+        try:
+            record = {"status": "done", **self.process(path, progress=progress)}
+        except Exception as e:  # recorded; the other images go on, and run() raises it at the end
+            logger.error(f"{path}: failed ({type(e).__name__}: {e})", exc_info=True)
+            error = e
+            record = {"input": str(path), "status": "failed", "error": f"{type(e).__name__}: {e}"}
+            record["seconds"] = round(time.perf_counter() - start, 3)
+        record.update(name=path.stem, rank=distributed.rank())
+        with atomic_path(record_path) as tmp:
+            tmp.write_text(json.dumps(record, indent=2) + "\n")
+        return error
+
+    def _summary(self, paths: list[Path], todo: list[Path], seconds: float) -> dict:
+        """Totals and the records of every image (``skipped`` ones from the run that did them)."""
+        todo_set, images = set(todo), []
+        for path in paths:
+            record = self._read_record(path)
+            if path not in todo_set:
+                record = {**(record or {}), "status": "skipped"}
+            elif record is None:
+                error = "no record: its process stopped before finishing it"
+                record = {"input": str(path), "name": path.stem, "status": "failed", "error": error}
+            images.append(record)
+        done = [r for r in images if r["status"] == "done"]
+        megapixels = sum(r["megapixels"] for r in done)
+        network_s, post_s = sum(r["network_s"] for r in done), sum(r["postprocess_s"] for r in done)
+        return {
             "input": str(self.input),
-            "images": results,
-            "nuclei": sum(r["nuclei"] for r in results),
+            "images": images,
+            **{status: sum(r["status"] == status for r in images) for status in ("done", "skipped", "failed")},
+            "processes": distributed.world_size(),
+            "nuclei": sum(r.get("nuclei", 0) for r in images if r["status"] != "failed"),
             "seconds": round(seconds, 3),
             "megapixels": round(megapixels, 3),
             "megapixels_per_s": round(megapixels / seconds, 4) if seconds else None,
-            "regions_per_s": round(sum(r["regions"] for r in results) / seconds, 4) if seconds else None,
+            "regions_per_s": round(sum(r["regions"] for r in done) / seconds, 4) if seconds else None,
             "postprocess_share": round(post_s / (network_s + post_s), 3) if network_s + post_s else None,
         }
+
+    def _write_summary(self, summary: dict) -> None:
+        """``summary.json`` and ``summary.csv`` (one row per image, :data:`SUMMARY_COLUMNS`)."""
         with atomic_path(self.output_dir / "summary.json") as tmp:
             tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        with atomic_path(self.output_dir / "summary.csv") as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, SUMMARY_COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            for r in summary["images"]:
+                outputs = ";".join(str(v) for v in (r.get("outputs") or {}).values())
+                writer.writerow({**r, "image": r.get("input"), "outputs": outputs})
+        counts = f"{summary['done']} done, {summary['skipped']} skipped, {summary['failed']} failed"
+        if summary["processes"] > 1:
+            counts += f", {summary['processes']} processes"
         tqdm.write(
-            f"{summary['nuclei']} nuclei in {len(results)} image(s), {megapixels:.1f} Mpx in {seconds:.1f} s "
+            f"{summary['nuclei']} nuclei in {len(summary['images'])} image(s) ({counts}), "
+            f"{summary['megapixels']:.1f} Mpx processed in {summary['seconds']:.1f} s "
             f"({summary['megapixels_per_s']} Mpx/s, post-processing {summary['postprocess_share']} of the compute); "
             f"outputs in {self.output_dir}"
         )
-        return summary
 
     def __call__(self) -> dict:
         return self.run()
@@ -522,6 +629,15 @@ class NucleusInference:
             finally:
                 bar.close()
         return stats
+
+
+def _as_bool(value: bool | str) -> bool:
+    """A flag from a config or the command line (``--overwrite true`` passes the string ``"true"``)."""
+    if isinstance(value, str):
+        if value.strip().lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"expected true or false, got {value!r}.")
+        return value.strip().lower() in ("true", "1", "yes")
+    return bool(value)
 
 
 def _has_tissue(mask: np.ndarray, scale: float, core: tuple[int, int, int, int]) -> bool:

@@ -440,26 +440,107 @@ def _tiff_is_slide(path: Path) -> bool:
         raise ValueError(f"{path}: cannot read the TIFF ({type(e).__name__}: {e}).") from e
 
 
-def find_inputs(path: str | Path) -> list[Path]:
-    """The image files to process: ``path`` itself, or the tiles and slides of a folder (sorted, not recursive).
+DATALIST_KEYS = ("testing", "training", "validation")  # the datalist sections read when no key is given
+
+
+def find_inputs(path: str | Path, key: str | None = None) -> list[Path]:
+    """The image files to process, sorted: ``path`` itself (an image file), the tiles and slides of a folder (not
+    recursive), or the images listed by a CSV file or a MONAI datalist JSON.
+
+    A CSV lists one image per row in a column named ``image`` or ``path``, or in its only column (then without a
+    header). A datalist holds items with an ``"image"`` (or plain path strings) under ``key`` (default: the first of
+    ``testing``, ``training``, ``validation`` it has), or is such a list itself. Relative paths in a list are resolved
+    against the list's folder.
 
     Raises:
-        ValueError: nothing found, or two files of a folder share a name stem (their outputs would collide).
+        ValueError: nothing found or listed, a list without the expected column / key, listed files that are missing or
+            not images (all named at once), or two files sharing a name stem (their outputs would collide).
     """
     path = Path(path)
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in TILE_SUFFIXES + SLIDE_SUFFIXES)
+        if not files:
+            raise ValueError(f"{path}: no image files ({', '.join(TILE_SUFFIXES + SLIDE_SUFFIXES)}).")
+        return _unique_stems(path, [(p.name, p) for p in files])
+    if not path.is_file():
         raise ValueError(f"{path}: no such file or folder.")
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in TILE_SUFFIXES + SLIDE_SUFFIXES)
-    if not files:
-        raise ValueError(f"{path}: no image files ({', '.join(TILE_SUFFIXES + SLIDE_SUFFIXES)}).")
-    stems: dict[str, Path] = {}
-    for p in files:
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".json"):
+        return [path]
+    entries = _csv_entries(path) if suffix == ".csv" else _datalist_entries(path, key)
+    if not entries:
+        raise ValueError(f"{path}: lists no images.")
+    problems = [
+        f"{where}: {file} not found" if not file.is_file() else f"{where}: {file} is not an image ('{file.suffix}')"
+        for where, file in entries
+        if not file.is_file() or file.suffix.lower() not in TILE_SUFFIXES + SLIDE_SUFFIXES
+    ]
+    if problems:
+        unusable = f"{len(problems)} of {len(entries)} listed images are unusable"
+        raise ValueError(f"{path}: {unusable}: " + "; ".join(problems))
+    return sorted(_unique_stems(path, [(f"{where} ({file})", file) for where, file in entries]))
+
+
+def _unique_stems(where: Path, entries: list[tuple[str, Path]]) -> list[Path]:
+    stems: dict[str, str] = {}
+    for name, p in entries:
         if p.stem in stems:
-            raise ValueError(f"{path}: {stems[p.stem].name} and {p.name} would write the same output names.")
-        stems[p.stem] = p
-    return files
+            raise ValueError(f"{where}: {stems[p.stem]} and {name} would write the same output names ({p.stem}_*).")
+        stems[p.stem] = name
+    return [p for _, p in entries]
+
+
+def _listed(base: Path, value: object) -> Path:
+    file = Path(str(value).strip()).expanduser()
+    return file if file.is_absolute() else base / file
+
+
+def _csv_entries(path: Path) -> list[tuple[str, Path]]:
+    """``(row description, image path)`` of a CSV's rows (column ``image`` / ``path``, or a single unnamed one)."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        rows = [(i, row) for i, row in enumerate(csv.reader(f), 1) if any(cell.strip() for cell in row)]
+    if not rows:
+        return []
+    header = [cell.strip().lower() for cell in rows[0][1]]
+    if "image" in header or "path" in header:
+        column, rows = header.index("image" if "image" in header else "path"), rows[1:]
+    elif len(header) == 1 and Path(header[0]).suffix in TILE_SUFFIXES + SLIDE_SUFFIXES:
+        column = 0  # one column of paths, no header
+    else:
+        raise ValueError(f"{path}: no column named 'image' or 'path' (header: {', '.join(rows[0][1])}).")
+    entries = []
+    for i, row in rows:
+        if column >= len(row) or not row[column].strip():
+            raise ValueError(f"{path}, row {i}: no image path in column {column + 1}.")
+        entries.append((f"row {i}", _listed(path.parent, row[column])))
+    return entries
+
+
+def _datalist_entries(path: Path, key: str | None) -> list[tuple[str, Path]]:
+    """``(item description, image path)`` of a datalist's items under ``key`` (see :func:`find_inputs`)."""
+    import json
+
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: cannot read the datalist ({type(e).__name__}: {e}).") from e
+    if isinstance(data, dict):
+        found = [key] if key is not None else [k for k in DATALIST_KEYS if k in data][:1]
+        if not found or found[0] not in data:
+            wanted = repr(key) if key is not None else " / ".join(repr(k) for k in DATALIST_KEYS)
+            raise ValueError(f"{path}: no {wanted} list (keys: {', '.join(map(str, data)) or 'none'}).")
+        key, data = found[0], data[found[0]]
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: {key or 'the datalist'} must be a list of items with an 'image'.")
+    entries = []
+    for i, item in enumerate(data):
+        image = item.get("image") if isinstance(item, dict) else item
+        if not isinstance(image, str) or not image.strip():
+            raise ValueError(f"{path}: {key or 'item'}[{i}] has no 'image' path.")
+        entries.append((f"{key or 'item'}[{i}]", _listed(path.parent, image)))
+    return entries
 
 
 def tissue_mask(thumbnail: np.ndarray, threshold: float | None = None, dilation: int = 2) -> tuple[np.ndarray, float]:

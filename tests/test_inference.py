@@ -290,7 +290,8 @@ def test_bad_inputs_give_clear_errors(small_slide, tmp_path):
     blank = make_slide(tmp_path / "blank.tif", 512, [rgb], fill=0.0, cell=256, tile=256, levels=2)
     with pytest.raises(ValueError, match="blank.tif: no tissue found"):
         DarkNuclei(None, blank, tmp_path / "out", backend="tifffile", progress=False).run()
-    assert not (tmp_path / "out" / "summary.json").exists()
+    failed = json.loads((tmp_path / "out" / "summary.json").read_text())  # written before the error is raised
+    assert failed["failed"] == 1 and "no tissue found" in failed["images"][0]["error"]
 
     # RGBA is composited onto white and 16-bit scaled to 8 bits, both with a warning: same pixels as the RGB tile
     Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])).save(tmp_path / "rgba.png")
@@ -314,7 +315,10 @@ def test_failed_run_leaves_no_output(tmp_path):
     )
     with pytest.raises(RuntimeError, match="simulated failure"):
         engine.run()
-    assert [p.name for p in tmp_path.iterdir()] == []
+    # none of the image's outputs; its record and the summary say it failed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["records", "summary.csv", "summary.json"]
+    assert [p.name for p in (tmp_path / "records").iterdir()] == [f"{NAME}.json"]
+    assert json.loads((tmp_path / "summary.json").read_text())["images"][0]["status"] == "failed"
 
 
 def test_bundle_run_on_a_folder_and_a_mismatching_checkpoint(tmp_path):
@@ -340,7 +344,7 @@ def test_bundle_run_on_a_folder_and_a_mismatching_checkpoint(tmp_path):
             num_threads=1,
         )
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert len(summary["images"]) == 2 and sorted(p.name for p in (tmp_path / "out").glob("*.csv")) == [
+    assert len(summary["images"]) == 2 and sorted(p.name for p in (tmp_path / "out").glob("*_nuclei.csv")) == [
         f"{p.stem}_nuclei.csv" for p in sorted(folder.iterdir())
     ]
     torch.save(ImageToMaskNet(features=[8, 16], blocks_per_stage=1).state_dict(), tmp_path / "other.pt")
