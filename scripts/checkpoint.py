@@ -29,6 +29,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 
 from scripts.atomic import atomic_path, remove_stale_temporaries
+from scripts.distributed import is_main_process
 
 __all__ = ["load_network_weights", "TrainingCheckpoint", "latest_checkpoint", "list_checkpoints"]
 
@@ -90,8 +91,12 @@ class TrainingCheckpoint:
         engine.add_event_handler(Events.COMPLETED, self.save)
 
     def save(self, engine: Engine) -> Path:
-        """Write ``checkpoint_<iteration>.pt`` (unless it exists) and delete all but the newest ``n_saved``."""
+        """Write ``checkpoint_<iteration>.pt`` (unless it exists) and delete all but the newest ``n_saved``.
+
+        In a multi-process run only rank 0 writes (every rank holds the same weights); all ranks resume."""
         path = self.save_dir / f"checkpoint_{engine.state.iteration:08d}.pt"
+        if not is_main_process():
+            return path
         if not path.exists():
             with atomic_path(path) as tmp:
                 state = {k: v.state_dict() for k, v in self.save_dict.items()}
@@ -103,7 +108,8 @@ class TrainingCheckpoint:
 
     def load_latest(self, engine: Engine) -> Path | None:
         """Restore the newest checkpoint (if any); the engine keeps its configured ``max_epochs``."""
-        remove_stale_temporaries(self.save_dir)
+        if is_main_process():
+            remove_stale_temporaries(self.save_dir)
         path = latest_checkpoint(self.save_dir)
         if path is None:
             return None

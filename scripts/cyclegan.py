@@ -36,6 +36,8 @@ from monai.losses import PatchAdversarialLoss
 from monai.utils import HoVerNetBranch
 from torch.utils.data import DataLoader
 
+from scripts.distributed import unwrap
+
 __all__ = ["CycleGANTrainer", "ImagePool", "LinearDecay", "TrainingDivergedError", "mask_from_prediction", "point_loss"]
 
 NP, HV = HoVerNetBranch.NP.value, HoVerNetBranch.HV.value
@@ -88,7 +90,13 @@ class ImagePool:
 
 class LinearDecay:
     """Learning-rate factor for ``torch.optim.lr_scheduler.LambdaLR`` stepped every iteration: 1 until
-    ``start_fraction`` of ``total_iterations``, then linearly down to 0 at the end (CycleGAN's schedule)."""
+    ``start_fraction`` of ``total_iterations``, then linearly down to 0 at the end (CycleGAN's schedule).
+
+    Its parameters live in slots, not in ``__dict__``, which is what ``LambdaLR.state_dict`` saves of a callable
+    object: a run resumed with a longer schedule (more iterations) follows the configured one, not the checkpoint's.
+    """
+
+    __slots__ = ("total", "start", "__dict__")  # an empty __dict__ for LambdaLR
 
     def __init__(self, total_iterations: int, start_fraction: float = 0.75) -> None:
         if total_iterations < 1 or not 0.0 <= start_fraction <= 1.0:
@@ -145,6 +153,8 @@ class CycleGANTrainer(Trainer):
         image_discriminator: ``D_X``.
         mask_discriminator: ``D_S``; ``None`` (or ``w_mask_gan`` 0) drops the mask-side adversarial term.
         g_optimizer: optimiser of ``G`` and ``F`` together.
+            (The four networks may come wrapped in ``DistributedDataParallel`` by
+            :func:`scripts.distributed.prepare`: each rank keeps its own image pools.)
         d_optimizer: optimiser of the discriminators together.
         epoch_length: iterations per epoch (default: the loader's length).
         w_cycle, w_instance, w_point, w_mask_gan: loss weights.
@@ -202,7 +212,7 @@ class CycleGANTrainer(Trainer):
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         for network in (generator, mask_net, image_discriminator, self.mask_discriminator):
             if network is not None:
-                network.to(self.state.device, memory_format=self.memory_format)
+                unwrap(network).to(self.state.device, memory_format=self.memory_format)
 
     def state_dict(self) -> dict[str, Any]:
         """The engine state plus both image pools, so that a resumed run keeps its history of fakes."""
@@ -238,7 +248,8 @@ class CycleGANTrainer(Trainer):
         points = self._to_device(batchdata, "point_map")
         d_x, d_s = self.image_discriminator, self.mask_discriminator
 
-        # G and F
+        # G and F; the frozen discriminators run unwrapped (outside DistributedDataParallel), since they get no
+        # gradient to synchronise in this step
         _set_requires_grad((d_x, d_s), False)
         with self._autocast():
             fake_x = self.generator(s)
@@ -246,9 +257,9 @@ class CycleGANTrainer(Trainer):
             pred_s = self.mask_net(x)
             s_from_x = mask_from_prediction(pred_s).contiguous(memory_format=self.memory_format)
             rec_x = self.generator(s_from_x)
-            terms = {"adv_G": self._adversarial(d_x, fake_x, True, False)}
+            terms = {"adv_G": self._adversarial(unwrap(d_x), fake_x, True, False)}
             if d_s is not None:
-                terms["adv_F"] = self._adversarial(d_s, s_from_x, True, False)
+                terms["adv_F"] = self._adversarial(unwrap(d_s), s_from_x, True, False)
         terms["cycle"] = F.l1_loss(rec_x.float(), x)
         terms["instance"] = self.instance_loss({k: v.float() for k, v in rec_s.items()}, _instance_targets(s))
         terms["point"] = point_loss(pred_s[NP], points) + point_loss(rec_s[NP], points)

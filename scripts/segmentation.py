@@ -38,6 +38,7 @@ from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 
 from scripts.atomic import atomic_path
+from scripts.distributed import is_main_process, unwrap
 from scripts.metrics import instance_metrics, point_f1
 from scripts.predict import TilePredictor
 from scripts.prepare import PrepareError, build_datalist
@@ -187,7 +188,7 @@ class FreezeEncoder:
 
     def __call__(self, engine: Engine) -> None:
         frozen = engine.state.epoch <= self.epochs
-        params = list(encoder_parameters(self.network))
+        params = list(encoder_parameters(unwrap(self.network)))
         if params and params[0].requires_grad == frozen:
             for p in params:
                 p.requires_grad_(not frozen)
@@ -196,6 +197,9 @@ class FreezeEncoder:
 
 class SegmentationValidator:
     """Every ``interval`` epochs: segment the whole validation tiles, score them, keep the best network.
+
+    In a multi-process run only rank 0 validates (with the unwrapped network; the other ranks wait for it in their
+    next gradient synchronisation).
 
     Args:
         network: the segmenter.
@@ -264,7 +268,7 @@ class SegmentationValidator:
 
     def __call__(self, engine: Engine) -> dict[str, float]:
         iteration = engine.state.iteration
-        if iteration == self.last_iteration:  # COMPLETED right after the last epoch's round
+        if iteration == self.last_iteration or not is_main_process():  # COMPLETED right after the last round
             return {}
         self.last_iteration = iteration
         metrics = self.validate()

@@ -40,6 +40,7 @@ from ignite.engine import Engine, Events
 from torch.utils.tensorboard import SummaryWriter
 
 from scripts.atomic import atomic_path
+from scripts.distributed import is_main_process
 from scripts.metrics import point_f1
 from scripts.predict import TilePredictor
 from scripts.synthesis_data import load_tile, validation_crops
@@ -139,6 +140,8 @@ class SynthesisMonitor:
         self.best = {"score": float(state["best_score"]), "iteration": int(state["best_iteration"])}
 
     def __call__(self, engine: Engine) -> dict[str, float]:
+        if not is_main_process():  # rank 0 validates and writes; the other ranks wait in their next synchronisation
+            return {}
         iteration = engine.state.iteration
         device = next(self.generator.parameters()).device
         modes = (self.generator.training, self.mask_net.training)

@@ -81,6 +81,18 @@ def test_linear_decay_schedule():
         LinearDecay(10, 1.5)
 
 
+def test_linear_decay_follows_the_configured_schedule_after_resume():
+    """A checkpoint of a 4-iteration schedule does not pin a resumed 8-iteration run to LR 0 after iteration 4."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    short = torch.optim.lr_scheduler.LambdaLR(optimizer, LinearDecay(4, 0.75))
+    for _ in range(4):
+        optimizer.step()
+        short.step()
+    longer = torch.optim.lr_scheduler.LambdaLR(optimizer, LinearDecay(8, 0.75))
+    longer.load_state_dict(short.state_dict())
+    assert longer.last_epoch == 4 and longer.lr_lambdas[0](4) == 1.0
+
+
 def test_point_loss_is_zero_without_points_and_log_likelihood_with():
     logits = torch.randn(2, 2, 16, 16, requires_grad=True)
     empty = point_loss(logits, torch.zeros(2, 1, 16, 16))
