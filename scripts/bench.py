@@ -31,6 +31,10 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SYNTHESIS_CONFIGS = ("bundle/configs/train_synthesis.json", "bundle/configs/train_synthesis_cpu.json")
+TRAINING_CONFIGS = {
+    "synthesis": SYNTHESIS_CONFIGS,
+    "segmentation": ("bundle/configs/train.json", "bundle/configs/train_cpu.json"),
+}
 DEFAULT_TILE = "TCGA-18-5592-01Z-00-DX1"  # 1000x1000 MoNuSeg training tile, 480 nuclei
 MONUSEG = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "monuseg"
 
@@ -218,6 +222,85 @@ class Bench:
             result["with_fast_allocator"] = child_result
             fast = child_result["seconds_per_iteration"]["profile"]
             result["profile_with_allocator_vs_eager_baseline_without"] = round(seconds["eager_baseline"] / fast, 2)
+        print(json.dumps(result, indent=2))
+        if output:
+            Path(output).write_text(json.dumps(result, indent=2) + "\n")
+
+    def distributed(
+        self,
+        workflow: str = "synthesis",
+        steps: int = 10,
+        processes: str | Sequence[int] = (1, 2),
+        data: str | None = None,
+        output: str | None = None,
+    ) -> None:
+        """Training throughput of ``workflow`` (``synthesis`` or ``segmentation``, ``cpu`` profile) under ``torchrun``
+        with 1, 2, ... processes (``multi_gpu_train.json``; gloo on CPUs, nccl on GPUs), same per-process batch.
+
+        The segmenter trains on pseudo masks (``training_data`` ``pseudo``: the real tiles and their points), which
+        costs the same per step as synthetic pairs. Each run trains 2 epochs of ``steps`` iterations (no validation
+        round, no resume) and reports the second epoch's time (ignite's epoch timer: handlers such as checkpoints
+        excluded), so start-up and warm-up are left out. ``samples_per_second`` counts every process's batch;
+        ``scaling`` is relative to the first count.
+        """
+        import os
+        import subprocess
+        import sys
+        import tempfile
+
+        if workflow not in TRAINING_CONFIGS:
+            raise SystemExit(f"error: workflow must be one of {list(TRAINING_CONFIGS)}, got {workflow!r}")
+        counts = [int(n) for n in (processes.split(",") if isinstance(processes, str) else processes)]
+        files = [str(REPO / c) for c in (*TRAINING_CONFIGS[workflow], "bundle/configs/multi_gpu_train.json")]
+        runs = {}
+        with tempfile.TemporaryDirectory(prefix="bench_distributed_") as work:
+            timing = Path(work) / "timing.json"
+            timing.write_text(
+                json.dumps(
+                    {
+                        "finalize": [
+                            "$scripts.distributed.is_main_process() and torch.save({'epoch_s': "
+                            "@train#trainer.state.times['EPOCH_COMPLETED'], 'threads': torch.get_num_threads()}, "
+                            "@output_dir + '/times.pt')",  # no 'import' in it: MONAI would parse it as one
+                            "$scripts.distributed.cleanup()",
+                        ]
+                    }
+                )
+            )
+            for n in counts:
+                out = Path(work) / f"run_{n}"
+                command = [
+                    sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+                    f"--nproc_per_node={n}", "-m", "monai.bundle", "run", "training",
+                    "--config_file", str([*files, str(timing)]), "--output_dir", str(out), "--resume", "False",
+                    "--epoch_length", str(steps), "--iterations", str(2 * steps), "--val_interval", "1000",
+                ]  # fmt: skip
+                command += ["--data_dir", data] if data is not None else []
+                command += ["--training_data", "pseudo"] if workflow == "segmentation" else []  # needs points only
+                run = subprocess.run(command, cwd=REPO, env=dict(os.environ), capture_output=True, text=True)
+                if run.returncode:
+                    raise RuntimeError(f"torchrun with {n} processes failed:\n{(run.stdout + run.stderr)[-3000:]}")
+                measured = torch.load(out / "times.pt", weights_only=True)
+                runs[n] = measured
+        batch = json.loads((REPO / TRAINING_CONFIGS[workflow][1]).read_text())["batch_size"]
+        first = counts[0]
+        result = {
+            "machine": _machine(),
+            "workflow": workflow,
+            "batch_per_process": batch,
+            "steps_timed": steps,
+            "runs": {
+                str(n): {
+                    "threads_per_process": r["threads"],
+                    "seconds_per_iteration": round(r["epoch_s"] / steps, 3),
+                    "samples_per_second": round(n * batch * steps / r["epoch_s"], 3),
+                }
+                for n, r in runs.items()
+            },
+        }
+        base = result["runs"][str(first)]["samples_per_second"]
+        for r in result["runs"].values():
+            r["scaling"] = round(r["samples_per_second"] / base, 2)
         print(json.dumps(result, indent=2))
         if output:
             Path(output).write_text(json.dumps(result, indent=2) + "\n")
