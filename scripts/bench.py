@@ -153,11 +153,14 @@ class Bench:
     ) -> dict:
         """Training throughput of the synthesis GAN (``cpu`` profile) against a plain eager baseline, same process.
 
-        Modes, each timed over ``steps`` iterations (data loading included) on the same trainer:
-        ``eager_baseline`` (tiles decoded from PNG at every draw, fp32), ``profile`` (the ``cpu`` profile: decoded
-        tiles cached by ``CacheDataset``), ``bf16_channels_last`` (the profile plus bfloat16 autocast and
-        channels-last). The allocator setting only acts at process start, so the command also runs itself in a
-        child process started with it and reports that run too (``with_fast_allocator``).
+        Modes, each timed over ``steps`` iterations (data loading included) in one process: ``eager_baseline``
+        (tiles decoded from PNG at every draw, fp32), ``cached`` (decoded tiles cached by ``CacheDataset``, fp32),
+        ``cached_bf16_channels_last`` (plus bfloat16 autocast and channels-last), ``cached_compiled`` (fp32 with
+        ``compile: true``: the iteration's forward passes through ``torch.compile``, compiled in the warm-up).
+        ``profile`` names the mode the ``cpu`` profile picks on this machine (bf16 + channels-last where
+        :func:`scripts.runtime.fast_bf16` says so, i.e. on CPUs with AMX) and ``profile_vs_eager_baseline`` its
+        speed-up. The allocator setting only acts at process start, so the command also runs itself in a child
+        process started with it and reports that run too (``with_fast_allocator``).
         """
         import os
         import subprocess
@@ -181,13 +184,16 @@ class Bench:
             "transform": "@train#preprocessing",
         }
         plain = parser.get_parsed_content("train#dataloader", instantiate=True, lazy=False)
+        parser["compile"] = True
+        compiled = parser.get_parsed_content("train#trainer", instantiate=True, lazy=False)
         modes = {
-            "eager_baseline": (plain, False, False),
-            "profile": (cached, False, False),
-            "bf16_channels_last": (cached, True, True),
+            "eager_baseline": (trainer, plain, False, False),
+            "cached": (trainer, cached, False, False),
+            "cached_bf16_channels_last": (trainer, cached, True, True),
+            "cached_compiled": (compiled, cached, False, False),
         }
 
-        def step_time(loader, amp: bool, channels_last: bool) -> float:
+        def step_time(trainer, loader, amp: bool, channels_last: bool) -> float:
             trainer.amp = amp
             trainer.memory_format = torch.channels_last if channels_last else torch.contiguous_format
             for network in (
@@ -198,13 +204,14 @@ class Bench:
             ):
                 network.to(memory_format=trainer.memory_format)
             batches = iter(loader)
-            return median_time(lambda: trainer._iteration(trainer, next(batches)), repeats=steps, warmup=1)
+            return median_time(lambda: trainer._iteration(trainer, next(batches)), repeats=steps, warmup=2)
 
         times: dict[str, list[float]] = {name: [] for name in modes}
         for _ in range(2):  # interleaved rounds, so that drift of the machine hits every mode alike
-            for name, (loader, amp, channels_last) in modes.items():
-                times[name].append(step_time(loader, amp, channels_last))
+            for name, (engine, loader, amp, channels_last) in modes.items():
+                times[name].append(step_time(engine, loader, amp, channels_last))
         seconds = {name: min(values) for name, values in times.items()}
+        profile = "cached_bf16_channels_last" if parser.get_parsed_content("amp") else "cached"
         result = {
             "machine": _machine(),
             "fast_allocator": FAST_ALLOCATOR in os.environ.get("GLIBC_TUNABLES", ""),
@@ -212,6 +219,8 @@ class Bench:
             "seconds_per_iteration": {k: round(v, 3) for k, v in seconds.items()},
             "iterations_per_second": {k: round(1 / v, 3) for k, v in seconds.items()},
             "speedup_vs_eager_baseline": {k: round(seconds["eager_baseline"] / v, 2) for k, v in seconds.items()},
+            "profile": profile,
+            "profile_vs_eager_baseline": round(seconds["eager_baseline"] / seconds[profile], 2),
         }
         if not child and not result["fast_allocator"]:
             env = {**os.environ, "GLIBC_TUNABLES": FAST_ALLOCATOR, NO_REEXEC: "1"}
@@ -220,7 +229,7 @@ class Bench:
             run = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, check=True)
             child_result = json.loads(run.stdout[run.stdout.index("{") :])
             result["with_fast_allocator"] = child_result
-            fast = child_result["seconds_per_iteration"]["profile"]
+            fast = child_result["seconds_per_iteration"][profile]
             result["profile_with_allocator_vs_eager_baseline_without"] = round(seconds["eager_baseline"] / fast, 2)
         print(json.dumps(result, indent=2))
         if output:

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from monai.apps.pathology.losses import HoVerNetLoss
+from monai.data import MetaTensor
 from monai.engines import Trainer
 from monai.losses import PatchAdversarialLoss
 from monai.utils import HoVerNetBranch
@@ -137,6 +138,17 @@ def _set_requires_grad(networks: Sequence[torch.nn.Module | None], flag: bool) -
                 p.requires_grad_(flag)
 
 
+def _compiled(network: torch.nn.Module | None, enabled: bool) -> Callable | None:
+    """``torch.compile(network)`` (a view sharing the module's parameters) if ``enabled``, else ``network``.
+
+    Inductor's layout optimisation (convolutions switched to channels-last) is off: with it, the compiled backward of
+    the strided 1x1 convolutions crashes in oneDNN on CPU (segmentation fault, torch 2.13).
+    """
+    if not enabled or network is None:
+        return network
+    return torch.compile(network, options={"layout_optimization": False})
+
+
 class CycleGANTrainer(Trainer):
     """Point-regularised CycleGAN training loop on ignite (see the module docstring for the objective).
 
@@ -162,6 +174,8 @@ class CycleGANTrainer(Trainer):
         pool_size: size of each image pool.
         amp: train under ``torch.autocast`` with bfloat16 (CPUs with AVX512-BF16 and recent GPUs).
         channels_last: use the channels-last memory format (faster convolutions with ``amp`` on CPU).
+        compile: run the training iteration's forward passes through ``torch.compile`` (the networks themselves,
+            their checkpoints and the validation stay eager); the first iterations pay the compilation.
         train_handlers: ignite handlers with an ``attach`` method.
         seed: seed of the image pools.
     """
@@ -186,6 +200,7 @@ class CycleGANTrainer(Trainer):
         pool_size: int = 50,
         amp: bool = False,
         channels_last: bool = False,
+        compile: bool = False,
         train_handlers: Sequence | None = None,
         seed: int = 0,
     ) -> None:
@@ -213,6 +228,20 @@ class CycleGANTrainer(Trainer):
         for network in (generator, mask_net, image_discriminator, self.mask_discriminator):
             if network is not None:
                 unwrap(network).to(self.state.device, memory_format=self.memory_format)
+        self.compile = bool(compile)
+        # the callables of the iteration: compiled views of the same modules (shared parameters), or the modules;
+        # the generator step calls the discriminators unwrapped from DistributedDataParallel (see _iteration)
+        self._run = {
+            name: _compiled(network, self.compile)
+            for name, network in (
+                ("G", generator),
+                ("F", mask_net),
+                ("D_X", image_discriminator),
+                ("D_S", self.mask_discriminator),
+                ("D_X frozen", unwrap(image_discriminator)),
+                ("D_S frozen", unwrap(self.mask_discriminator) if self.mask_discriminator is not None else None),
+            )
+        }
 
     def state_dict(self) -> dict[str, Any]:
         """The engine state plus both image pools, so that a resumed run keeps its history of fakes."""
@@ -237,7 +266,9 @@ class CycleGANTrainer(Trainer):
     def _to_device(self, batch: dict[str, torch.Tensor], key: str) -> torch.Tensor:
         if key not in batch:
             raise KeyError(f"CycleGANTrainer: the batch has no '{key}' (keys: {sorted(batch)}); check the transforms.")
-        tensor = torch.as_tensor(batch[key]).to(self.state.device, dtype=torch.float32)
+        tensor = batch[key]
+        tensor = tensor.as_tensor() if isinstance(tensor, MetaTensor) else torch.as_tensor(tensor)  # compile: plain
+        tensor = tensor.to(self.state.device, dtype=torch.float32)
         return tensor.contiguous(memory_format=self.memory_format)
 
     def _adversarial(self, discriminator: torch.nn.Module, x: torch.Tensor, real: bool, for_d: bool) -> torch.Tensor:
@@ -247,19 +278,20 @@ class CycleGANTrainer(Trainer):
         x, s = self._to_device(batchdata, "image"), self._to_device(batchdata, "mask")
         points = self._to_device(batchdata, "point_map")
         d_x, d_s = self.image_discriminator, self.mask_discriminator
+        g, f, run_dx, run_ds = (self._run[k] for k in ("G", "F", "D_X", "D_S"))
 
         # G and F; the frozen discriminators run unwrapped (outside DistributedDataParallel), since they get no
         # gradient to synchronise in this step
         _set_requires_grad((d_x, d_s), False)
         with self._autocast():
-            fake_x = self.generator(s)
-            rec_s = self.mask_net(fake_x)
-            pred_s = self.mask_net(x)
+            fake_x = g(s)
+            rec_s = f(fake_x)
+            pred_s = f(x)
             s_from_x = mask_from_prediction(pred_s).contiguous(memory_format=self.memory_format)
-            rec_x = self.generator(s_from_x)
-            terms = {"adv_G": self._adversarial(unwrap(d_x), fake_x, True, False)}
+            rec_x = g(s_from_x)
+            terms = {"adv_G": self._adversarial(self._run["D_X frozen"], fake_x, True, False)}
             if d_s is not None:
-                terms["adv_F"] = self._adversarial(unwrap(d_s), s_from_x, True, False)
+                terms["adv_F"] = self._adversarial(self._run["D_S frozen"], s_from_x, True, False)
         terms["cycle"] = F.l1_loss(rec_x.float(), x)
         terms["instance"] = self.instance_loss({k: v.float() for k, v in rec_s.items()}, _instance_targets(s))
         terms["point"] = point_loss(pred_s[NP], points) + point_loss(rec_s[NP], points)
@@ -281,12 +313,12 @@ class CycleGANTrainer(Trainer):
         with self._autocast():
             d_terms = {
                 "D_image": 0.5
-                * (self._adversarial(d_x, x, True, True) + self._adversarial(d_x, fake_x_old, False, True))
+                * (self._adversarial(run_dx, x, True, True) + self._adversarial(run_dx, fake_x_old, False, True))
             }
             if d_s is not None:
                 fake_s_old = self.mask_pool.query(s_from_x.detach())
                 d_terms["D_mask"] = 0.5 * (
-                    self._adversarial(d_s, s, True, True) + self._adversarial(d_s, fake_s_old, False, True)
+                    self._adversarial(run_ds, s, True, True) + self._adversarial(run_ds, fake_s_old, False, True)
                 )
         loss_d = sum(d_terms.values())
         self._check_finite(engine, "loss_D", loss_d, d_terms)

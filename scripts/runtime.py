@@ -19,7 +19,7 @@ import sys
 
 import torch
 
-__all__ = ["FAST_ALLOCATOR", "configure"]
+__all__ = ["FAST_ALLOCATOR", "configure", "fast_bf16"]
 
 # glibc keeps freed memory instead of returning it to the kernel: 1.6-3x faster CPU training (ENVIRONMENT.md).
 FAST_ALLOCATOR = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"
@@ -50,3 +50,18 @@ def configure(fast_allocator: bool = True, num_threads: int | None = None) -> bo
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
     return True  # not reached
+
+
+def fast_bf16(device: str | torch.device) -> bool:
+    """Whether bfloat16 autocast speeds up training on ``device``: a CUDA device with bf16 support, or a CPU with
+    AMX tiles (Intel Sapphire Rapids and later), where oneDNN runs bf16 convolutions on the matrix units.
+
+    Without AMX (AVX512-BF16 alone) the small convolutions of the CPU profiles get *slower* in bf16
+    (``bundle/docs/synthesis.md``), so the answer there is ``False``.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+    return False

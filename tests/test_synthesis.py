@@ -331,3 +331,51 @@ def test_runtime_restarts_once_with_the_fast_allocator():
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("TUNABLES") == 1 and "glibc.malloc.mmap_max=0" in result.stdout
+
+
+# --- speed options -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_compiled_iteration_computes_the_eager_losses_and_updates(tmp_path):
+    """``compile: true`` runs the same iteration: equal losses and parameters after one step (same weights, same
+    noise: inductor is told to draw random numbers like eager), and the checkpointed module stays uncompiled."""
+
+    def one_step(compile: bool) -> tuple[dict, torch.Tensor, torch.nn.Module]:
+        parser = parse_configs(BASE, SMOKE, output_dir=str(tmp_path / f"run_{compile}"), compile=compile)
+        trainer = parser.get_parsed_content("train#trainer")
+        batch = next(iter(parser.get_parsed_content("train#dataloader")))
+        weights = lambda: torch.cat([p.detach().flatten() for p in trainer.generator.parameters()])  # noqa: E731
+        before = weights()
+        torch.manual_seed(0)
+        with torch._inductor.config.patch(fallback_random=True):
+            losses = trainer._iteration(trainer, batch)
+        return losses, weights() - before, trainer.generator
+
+    torch.manual_seed(1)
+    eager, eager_update, _ = one_step(False)
+    torch.manual_seed(1)
+    compiled, compiled_update, generator = one_step(True)
+    assert set(compiled) == set(eager) and all(np.isfinite(v) for v in compiled.values())
+    for name in eager:
+        assert compiled[name] == pytest.approx(eager[name], rel=1e-3, abs=1e-5), name
+    # Adam's first step is ~lr * sign(gradient): rounding flips the sign of a few near-zero gradients, no more
+    assert eager_update.abs().max() > 0
+    assert torch.nn.functional.cosine_similarity(compiled_update, eager_update, dim=0) > 0.99
+    assert not any(k.startswith("_orig_mod") for k in generator.state_dict())
+
+
+def test_bf16_is_chosen_only_where_it_is_fast(monkeypatch):
+    from scripts.runtime import fast_bf16
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert fast_bf16("cpu") is False
+    cpu = parse_configs(BASE, CPU)
+    assert cpu.get_parsed_content("channels_last") is False and cpu.get_parsed_content("fast_allocator") is True
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert fast_bf16("cpu") is True
+    cpu = parse_configs(BASE, CPU)
+    assert cpu.get_parsed_content("amp") is True and cpu.get_parsed_content("channels_last") is True
+    assert cpu.get_parsed_content("fast_allocator") is False  # it slows bf16 down on AMX (bench synthesis)
+    assert parse_configs(BASE, SMOKE).get_parsed_content("amp") is False  # tests stay fp32 everywhere
+    assert fast_bf16("meta") is False
