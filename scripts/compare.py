@@ -35,6 +35,12 @@ ROWS = {
     "a_real": ("(a) CycleGAN pairs, real points", "synthetic", "ablation_a_cyclegan.json", "real"),
     "c_real": ("(c) ours, real points", "synthetic", "ablation_c_full.json", "real"),
     "c_random": ("(c) ours, random points", "synthetic", "ablation_c_full.json", "random"),
+    "c_real_pseudo": (
+        "(c) ours, real points, + pseudo masks on the real images",
+        "synthetic+pseudo",
+        "ablation_c_full.json",
+        "real",
+    ),
 }
 
 
@@ -57,9 +63,10 @@ def compare(
     Args:
         data: labelled data folder with ``split.json`` (training tiles: images + points; validation: labels too).
         output: results folder: ``<row>/`` (segmentation run and ``evaluation/``), ``gan_a``/``gan_c``,
-            ``synthetic_<row>``, ``comparison.md``.
+            ``synthetic_<a|c>_<real|random>``, ``comparison.md``.
         profile: ``cpu`` or ``smoke``: the ``train_synthesis_<profile>.json`` and ``train_<profile>.json`` files.
-        rows: comma-separated row ids among ``upper, pseudo, a_real, c_real, c_random``.
+        rows: comma-separated row ids among ``upper, pseudo, a_real, c_real, c_random, c_real_pseudo`` (the last:
+            the synthetic pairs of ``c_real`` and the pseudo-mask tiles of ``pseudo`` together, not the paper's).
         gan_a, gan_c: existing GAN run folders to use (default ``output/gan_a``, ``output/gan_c``, trained if needed).
         masks_per_tile, draws_per_mask: synthetic pairs per real point set (23 tiles x 2 x 2 = 92 pairs).
         random_tiles: fully random point sets (one mask, one image each).
@@ -93,7 +100,7 @@ def compare(
                 ]
                 gan_dir = gan_dirs[ablation]
                 run_workflow(f"{row}: GAN", "training", gan_files, output_dir=str(gan_dir), **common)
-                synthetic_dir = out / f"synthetic_{row}"
+                synthetic_dir = out / f"synthetic_{ablation.split('_')[1]}_{points}"  # shared by rows
                 counts = (1, 1) if points == "random" else (masks_per_tile, draws_per_mask)
                 run_workflow(
                     f"{row}: synthesize",

@@ -56,7 +56,7 @@ __all__ = [
 ]
 
 #: kinds of training data of the segmentation workflow
-TRAINING_DATA = ("synthetic", "dense", "pseudo")
+TRAINING_DATA = ("synthetic", "dense", "pseudo", "synthetic+pseudo")
 
 
 def segmentation_datalist(
@@ -68,7 +68,7 @@ def segmentation_datalist(
     quarter drawn with ``seed``) with their points, and their ``label`` when ``data_dir`` has ``labels/``.
     Training items: ``synthetic``: the ``image``/``label`` pairs of ``synthetic_datalist``; ``dense``: the real
     training tiles with their labels; ``pseudo``: the real training tiles with their ``points`` only (the
-    workflow samples a mask from them every time a tile is drawn).
+    workflow samples a mask from them every time a tile is drawn); ``synthetic+pseudo``: both lists together.
 
     Raises:
         ValueError: unknown ``training_data``, or a missing synthetic datalist.
@@ -82,17 +82,18 @@ def segmentation_datalist(
     datalist = _real_datalist(data, seed)
     if not datalist["validation"]:
         raise PrepareError([f"{data}: no validation tiles (add a split.json with a 'val' list)"])
-    if training_data == "synthetic":
+    training = []
+    if training_data.startswith("synthetic"):
         if synthetic_datalist is None or not Path(str(synthetic_datalist)).is_file():
             raise ValueError(
                 f"{synthetic_datalist}: synthetic datalist not found; run the synthesize workflow first "
                 "(bundle/configs/synthesize.json)."
             )
-        training = [{k: t[k] for k in ("image", "label", "name")} for t in datalist_items(synthetic_datalist)]
-    elif training_data == "dense":
-        training = [{"image": t["image"], "label": t["label"], "name": t["name"]} for t in datalist["training"]]
-    else:
-        training = [{"image": t["image"], "points": t["points"], "name": t["name"]} for t in datalist["training"]]
+        training += [{k: t[k] for k in ("image", "label", "name")} for t in datalist_items(synthetic_datalist)]
+    if training_data == "dense":
+        training += [{"image": t["image"], "label": t["label"], "name": t["name"]} for t in datalist["training"]]
+    if training_data.endswith("pseudo"):
+        training += [{"image": t["image"], "points": t["points"], "name": t["name"]} for t in datalist["training"]]
     if not training:
         raise PrepareError([f"no training items for training_data {training_data!r}"])
     return {"training": training, "validation": datalist["validation"]}

@@ -519,7 +519,11 @@ def _csv_entries(path: Path) -> list[tuple[str, Path]]:
 
 
 def _datalist_entries(path: Path, key: str | None) -> list[tuple[str, Path]]:
-    """``(item description, image path)`` of a datalist's items under ``key`` (see :func:`find_inputs`)."""
+    """``(item description, image path)`` of a datalist's items under ``key`` (see :func:`find_inputs`).
+
+    Unlike ``monai.data.load_decathlon_datalist``, this reader also takes a bare list, or path strings under any key,
+    and names the file and item when one is malformed (MONAI's fails inside ``json`` or on an item's type).
+    """
     import json
 
     try:

@@ -64,6 +64,14 @@ def test_datalist_modes_use_labels_only_where_allowed(tmp_path):
     assert all(set(i) == {"image", "label", "name"} for i in dense["training"])
     assert [i["name"] for i in dense["training"]] == [i["name"] for i in pseudo["training"]]
     assert {"image", "points", "label"} <= set(pseudo["validation"][0])
+    synthetic = tmp_path / "synthetic.json"
+    pairs = [
+        {"image": str(Path(i["image"]).resolve()), "label": str(Path(i["label"]).resolve()), "name": f"{i['name']}_m"}
+        for i in dense["training"][:2]
+    ]
+    synthetic.write_text(json.dumps({"training": pairs}))
+    mixed = segmentation_datalist("synthetic+pseudo", data, synthetic, seed=0)
+    assert mixed["training"] == pairs + pseudo["training"] and mixed["validation"] == pseudo["validation"]
     with pytest.raises(ValueError, match="training_data must be one of"):
         segmentation_datalist("labels", data)
     with pytest.raises(ValueError, match="synthetic datalist not found; run the synthesize workflow"):
@@ -236,9 +244,11 @@ def test_compare_and_coherence_write_their_tables(tmp_path):
     from scripts.compare import coherence, compare
 
     out = tmp_path / "compare"
-    compare(data=str(SAMPLE), output=str(out), profile="smoke", rows="upper,c_real")
+    compare(data=str(SAMPLE), output=str(out), profile="smoke", rows="upper,c_real,c_real_pseudo")
     table = (out / "comparison.md").read_text()
     assert "| upper bound: real images + dense labels | 1 |" in table and "| (c) ours, real points | 1 |" in table
+    assert "| (c) ours, real points, + pseudo masks on the real images | 1 |" in table
+    assert sorted(p.name for p in out.glob("synthetic_*")) == ["synthetic_c_real"]  # the two (c) rows share it
     scores = json.loads((out / "comparison.json").read_text())
     upper = json.loads((out / "upper" / "evaluation" / "metrics.json").read_text())
     assert scores["upper bound: real images + dense labels"]["mean"] == upper["mean"]
