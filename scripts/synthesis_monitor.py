@@ -148,7 +148,7 @@ class SynthesisMonitor:
         self.generator.eval()
         self.mask_net.eval()
         try:
-            with torch.no_grad(), self._autocast(device):
+            with torch.no_grad():  # autocast only around G: MONAI's post-processing must not run under it
                 draws = self._draws(device)
                 metrics = {"point_f1": self._point_f1(), "diversity": diversity(draws)}
                 metrics["stain_distance"] = stain_distance(draws[0], self.crops.images)
@@ -177,7 +177,7 @@ class SynthesisMonitor:
         masks = self.crops.masks.to(device)
         n, _, h, w = masks.shape
         out = []
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), self._autocast(device):
             torch.manual_seed(self.seed)
             for _ in range(self.noise_draws):
                 z = self.generator.sample_noise(n, h, w, device=device)

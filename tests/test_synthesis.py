@@ -365,6 +365,16 @@ def test_compiled_iteration_computes_the_eager_losses_and_updates(tmp_path):
     assert not any(k.startswith("_orig_mod") for k in generator.state_dict())
 
 
+def test_bf16_channels_last_run_trains_and_validates(tmp_path):
+    """What the ``cpu`` profile runs on AMX CPUs: bf16 autocast for G only in validation (MONAI's post-processing
+    of F's output must stay fp32)."""
+    parser = _run_smoke(tmp_path / "run", amp=True, channels_last=True)
+    assert parser.get_parsed_content("train#trainer").state.iteration == 4
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [2, 4]
+    assert all(0.0 <= r["point_f1"] <= 1.0 and r["diversity"] > 0 and np.isfinite(r["score"]) for r in rows)
+
+
 def test_bf16_is_chosen_only_where_it_is_fast(monkeypatch):
     from scripts.runtime import fast_bf16
 
