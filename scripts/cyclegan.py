@@ -172,7 +172,8 @@ class CycleGANTrainer(Trainer):
         w_cycle, w_instance, w_point, w_mask_gan: loss weights.
         instance_loss: loss of ``F(G(s))`` against ``s`` (default MONAI ``HoVerNetLoss`` with unit weights).
         pool_size: size of each image pool.
-        amp: train under ``torch.autocast`` with bfloat16 (CPUs with AVX512-BF16 and recent GPUs).
+        amp: train under ``torch.autocast`` with bfloat16 (faster on recent GPUs and CPUs with AMX, see
+            :func:`scripts.runtime.fast_bf16`).
         channels_last: use the channels-last memory format (faster convolutions with ``amp`` on CPU).
         compile: run the training iteration's forward passes through ``torch.compile`` (the networks themselves,
             their checkpoints and the validation stay eager); the first iterations pay the compilation.
