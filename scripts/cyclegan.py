@@ -31,10 +31,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from monai.apps.pathology.losses import HoVerNetLoss
-from monai.data import MetaTensor
 from monai.engines import Trainer
 from monai.losses import PatchAdversarialLoss
-from monai.utils import HoVerNetBranch
+from monai.utils import HoVerNetBranch, convert_to_tensor
 from torch.utils.data import DataLoader
 
 from scripts.distributed import unwrap
@@ -267,9 +266,8 @@ class CycleGANTrainer(Trainer):
     def _to_device(self, batch: dict[str, torch.Tensor], key: str) -> torch.Tensor:
         if key not in batch:
             raise KeyError(f"CycleGANTrainer: the batch has no '{key}' (keys: {sorted(batch)}); check the transforms.")
-        tensor = batch[key]
-        tensor = tensor.as_tensor() if isinstance(tensor, MetaTensor) else torch.as_tensor(tensor)  # compile: plain
-        tensor = tensor.to(self.state.device, dtype=torch.float32)
+        # plain tensors (no MetaTensor): torch.compile and the losses need no metadata
+        tensor = convert_to_tensor(batch[key], dtype=torch.float32, device=self.state.device, track_meta=False)
         return tensor.contiguous(memory_format=self.memory_format)
 
     def _adversarial(self, discriminator: torch.nn.Module, x: torch.Tensor, real: bool, for_d: bool) -> torch.Tensor:
