@@ -194,7 +194,7 @@ class Bench:
         }
 
         def step_time(trainer, loader, amp: bool, channels_last: bool) -> float:
-            trainer.amp = amp
+            trainer.bf16 = amp
             trainer.memory_format = torch.channels_last if channels_last else torch.contiguous_format
             for network in (
                 trainer.generator,

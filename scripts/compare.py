@@ -23,6 +23,7 @@ import json
 from pathlib import Path
 
 from scripts.atomic import atomic_path
+from scripts.checkpoint import latest_checkpoint
 from scripts.evaluate import format_comparison
 from scripts.pipeline import CONFIGS, run_workflow
 
@@ -51,6 +52,7 @@ def compare(
     rows: str | tuple = tuple(ROWS),
     gan_a: str | None = None,
     gan_c: str | None = None,
+    gan_checkpoint: str = "best",
     masks_per_tile: int = 2,
     draws_per_mask: int = 2,
     random_tiles: int = 92,
@@ -67,7 +69,11 @@ def compare(
         profile: ``cpu`` or ``smoke``: the ``train_synthesis_<profile>.json`` and ``train_<profile>.json`` files.
         rows: comma-separated row ids among ``upper, pseudo, a_real, c_real, c_random, c_real_pseudo`` (the last:
             the synthetic pairs of ``c_real`` and the pseudo-mask tiles of ``pseudo`` together, not the paper's).
-        gan_a, gan_c: existing GAN run folders to use (default ``output/gan_a``, ``output/gan_c``, trained if needed).
+        gan_a, gan_c: finished GAN run folders to use as they are; by default ``output/gan_a`` and ``output/gan_c``,
+            trained there (or resumed) with the ``profile`` settings first.
+        gan_checkpoint: which ``G`` renders the synthetic pairs: ``best`` (the run's ``best.pt``, picked by point F1
+            and stain distance) or ``last`` (its newest ``checkpoints/checkpoint_<iteration>.pt``). Rows already
+            evaluated in ``output`` are reused as they are: compare the two in separate ``output`` folders.
         masks_per_tile, draws_per_mask: synthetic pairs per real point set (23 tiles x 2 x 2 = 92 pairs).
         random_tiles: fully random point sets (one mask, one image each).
         seed: seed of every stage.
@@ -76,11 +82,13 @@ def compare(
     unknown = [r for r in selected if r not in ROWS]
     if unknown:
         raise SystemExit(f"error: unknown rows {unknown}; choose among {list(ROWS)}")
+    _check_gan_checkpoint(gan_checkpoint)
     out = Path(output)
     gan_dirs = {
         "ablation_a_cyclegan.json": Path(gan_a or out / "gan_a"),
         "ablation_c_full.json": Path(gan_c or out / "gan_c"),
     }
+    given = {"ablation_a_cyclegan.json": gan_a is not None, "ablation_c_full.json": gan_c is not None}
     common = {"data_dir": str(data), "seed": seed}
     seg_files = [CONFIGS / "train.json", CONFIGS / f"train_{profile}.json"]
     results = {}
@@ -99,14 +107,17 @@ def compare(
                     CONFIGS / ablation,
                 ]
                 gan_dir = gan_dirs[ablation]
-                run_workflow(f"{row}: GAN", "training", gan_files, output_dir=str(gan_dir), **common)
+                if not given[ablation]:
+                    run_workflow(f"{row}: GAN", "training", gan_files, output_dir=str(gan_dir), **common)
                 synthetic_dir = out / f"synthetic_{ablation.split('_')[1]}_{points}"  # shared by rows
+                generator = _generator_checkpoint(gan_dir, gan_checkpoint)
                 counts = (1, 1) if points == "random" else (masks_per_tile, draws_per_mask)
                 run_workflow(
                     f"{row}: synthesize",
                     "synthesize",
                     [*gan_files, CONFIGS / "synthesize.json"],
                     output_dir=str(gan_dir),
+                    generator_checkpoint=str(generator),
                     synthetic_dir=str(synthetic_dir),
                     points_source=points,
                     random_tiles=random_tiles,
@@ -134,6 +145,7 @@ def coherence(
     profile: str = "cpu",
     gans: str = "a=runs/synthesis_cpu_a,b=runs/synthesis_cpu_b,c=runs/synthesis_cpu_c",
     model: str | None = None,
+    gan_checkpoint: str = "best",
     seed: int = 0,
 ) -> None:
     """Mask-image coherence: does a segmenter trained on real data find the nuclei of ``S`` in ``G(S)``?
@@ -143,31 +155,32 @@ def coherence(
     against ``S`` (object Dice, pixel F1, AJI, ...). Writes ``coherence.md`` / ``.json`` into ``output``.
 
     Args:
-        gans: comma-separated ``name=run folder`` pairs; the ablation file is picked from the name (a, b or c).
+        gans: comma-separated ``name=run folder`` pairs; the ablation file is picked from the name's first letter
+            (``a``, ``b`` or ``c``: ``c_long=runs/my_gan`` is a (c) run).
+        gan_checkpoint: ``best`` (each run's ``best.pt``) or ``last`` (its newest checkpoint).
     """
     ablations = {"a": "ablation_a_cyclegan.json", "b": "ablation_b_noise.json", "c": "ablation_c_full.json"}
     out = Path(output)
     model_path = Path(model or out / "upper" / "model.pt")
     if not model_path.is_file():
         raise SystemExit(f"error: {model_path}: no upper-bound model; run `compare --rows upper` first")
+    _check_gan_checkpoint(gan_checkpoint)
     common = {"data_dir": str(data), "seed": seed}
     seg_files = [CONFIGS / "train.json", CONFIGS / f"train_{profile}.json", CONFIGS / "evaluate.json"]
     results = {}
     for pair in gans.split(","):
         name, folder = (x.strip() for x in pair.split("=", 1))
-        if name not in ablations:
-            raise SystemExit(f"error: GAN names must be among {list(ablations)}, got {name!r}")
-        gan_files = [
-            CONFIGS / "train_synthesis.json",
-            CONFIGS / f"train_synthesis_{profile}.json",
-            CONFIGS / ablations[name],
-        ]
+        if name[:1] not in ablations or name[1:2] not in ("", "_"):
+            raise SystemExit(f"error: GAN names must be a, b or c (optionally + '_<suffix>'), got {name!r}")
+        ablation = ablations[name[0]]
+        gan_files = [CONFIGS / "train_synthesis.json", CONFIGS / f"train_synthesis_{profile}.json", CONFIGS / ablation]
         target = out / f"coherence_{name}"
         run_workflow(
             f"coherence {name}: synthesize",
             "synthesize",
             [*gan_files, CONFIGS / "synthesize.json"],
             output_dir=folder,
+            generator_checkpoint=str(_generator_checkpoint(Path(folder), gan_checkpoint)),
             synthetic_dir=str(target / "synthetic"),
             points_section="validation",
             masks_per_tile=1,
@@ -184,10 +197,27 @@ def coherence(
             eval_dir=str(target / "evaluation"),
             **common,
         )
-        results[f"({name}) {ablations[name][:-5]}"] = json.loads((target / "evaluation" / "metrics.json").read_text())
+        results[f"({name}) {ablation[:-5]}"] = json.loads((target / "evaluation" / "metrics.json").read_text())
     _write_table(
         out / "coherence", f"Mask-image coherence: upper-bound segmenter on G(S) vs S ({profile} profile)", results
     )
+
+
+def _check_gan_checkpoint(which: str) -> None:
+    if which not in ("best", "last"):
+        raise SystemExit(f"error: gan_checkpoint must be 'best' or 'last', got {which!r}")
+
+
+def _generator_checkpoint(gan_dir: Path, which: str) -> Path:
+    """``gan_dir/best.pt`` or the run's newest ``checkpoints/checkpoint_<iteration>.pt``."""
+    if which == "best":
+        if not (gan_dir / "best.pt").is_file():
+            raise SystemExit(f"error: {gan_dir / 'best.pt'}: not found; is {gan_dir} a finished GAN run?")
+        return gan_dir / "best.pt"
+    newest = latest_checkpoint(gan_dir / "checkpoints")
+    if newest is None:
+        raise SystemExit(f"error: {gan_dir / 'checkpoints'}: no checkpoint_<iteration>.pt (gan_checkpoint='last')")
+    return newest
 
 
 def _write_table(stem: Path, title: str, results: dict[str, dict]) -> None:

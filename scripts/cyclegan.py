@@ -223,7 +223,7 @@ class CycleGANTrainer(Trainer):
         self.instance_loss = instance_loss if instance_loss is not None else HoVerNetLoss(lambda_hv_mse=1.0)
         self.adversarial = PatchAdversarialLoss(criterion="least_squares")
         self.image_pool, self.mask_pool = ImagePool(pool_size, seed), ImagePool(pool_size, seed + 1)
-        self.amp = bool(amp)
+        self.bf16 = bool(amp)  # not `amp`: MONAI Trainer.run would make a CUDA GradScaler of it
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         for network in (generator, mask_net, image_discriminator, self.mask_discriminator):
             if network is not None:
@@ -259,7 +259,7 @@ class CycleGANTrainer(Trainer):
         super().load_state_dict(state)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if not self.amp:
+        if not self.bf16:
             return contextlib.nullcontext()
         return torch.autocast(device_type=torch.device(self.state.device).type, dtype=torch.bfloat16)
 

@@ -260,5 +260,16 @@ def test_compare_and_coherence_write_their_tables(tmp_path):
     # G(S) of the single validation tile, scored against S itself
     names = json.loads((out / "coherence_c" / "evaluation" / "metrics.json").read_text())["per_image"]
     assert list(names) == ["TCGA-G9-6336-01Z-00-DX1_y500_x200_m0_z0"]
+    # the run's newest checkpoint instead of best.pt, under a suffixed name
+    coherence(data=str(SAMPLE), output=str(out), profile="smoke", gans=f"c_last={out / 'gan_c'}", gan_checkpoint="last")
+    manifest = json.loads((out / "coherence_c_last" / "synthetic" / "manifest.json").read_text())
+    assert Path(manifest["generator_checkpoint"]) == sorted((out / "gan_c" / "checkpoints").glob("checkpoint_*.pt"))[-1]
+    assert "(c_last) ablation_c_full" in json.loads((out / "coherence.json").read_text())
+    with pytest.raises(SystemExit, match="GAN names must be a, b or c"):
+        coherence(data=str(SAMPLE), output=str(out), profile="smoke", gans=f"d={out / 'gan_c'}")
+    with pytest.raises(SystemExit, match="best.pt: not found"):  # a given GAN folder is used as is, never trained
+        compare(data=str(SAMPLE), output=str(tmp_path / "other"), rows="c_real", gan_c=str(tmp_path / "no_gan"))
+    with pytest.raises(SystemExit, match="gan_checkpoint must be 'best' or 'last'"):
+        compare(data=str(SAMPLE), output=str(out), rows="c_real", gan_checkpoint="newest")
     with pytest.raises(SystemExit, match="unknown rows"):
         compare(data=str(SAMPLE), output=str(out), rows="upper,best")

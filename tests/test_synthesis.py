@@ -369,7 +369,9 @@ def test_bf16_channels_last_run_trains_and_validates(tmp_path):
     """What the ``cpu`` profile runs on AMX CPUs: bf16 autocast for G only in validation (MONAI's post-processing
     of F's output must stay fp32)."""
     parser = _run_smoke(tmp_path / "run", amp=True, channels_last=True)
-    assert parser.get_parsed_content("train#trainer").state.iteration == 4
+    trainer = parser.get_parsed_content("train#trainer")
+    assert trainer.state.iteration == 4 and trainer.bf16
+    assert trainer.scaler is None  # bf16 needs no loss scaling (MONAI's Trainer.run made a CUDA GradScaler of `amp`)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows] == [2, 4]
     assert all(0.0 <= r["point_f1"] <= 1.0 and r["diversity"] > 0 and np.isfinite(r["score"]) for r in rows)
