@@ -163,19 +163,12 @@ class Bench:
         process started with it and reports that run too (``with_fast_allocator``).
         """
         import os
-        import subprocess
-        import sys
 
-        from monai.bundle import ConfigParser
-
-        from scripts.runtime import FAST_ALLOCATOR, NO_REEXEC
+        from scripts.runtime import FAST_ALLOCATOR
 
         torch.set_num_threads(2)
-        parser = ConfigParser()
-        parser.read_config([str(REPO / c) for c in SYNTHESIS_CONFIGS])
+        parser = _parser(SYNTHESIS_CONFIGS, data)
         parser["train#handlers"] = []
-        if data is not None:
-            parser["data_dir"] = data
         trainer = parser.get_parsed_content("train#trainer")
         cached = parser.get_parsed_content("train#dataloader")
         parser["train#dataset"] = {
@@ -223,17 +216,56 @@ class Bench:
             "profile_vs_eager_baseline": round(seconds["eager_baseline"] / seconds[profile], 2),
         }
         if not child and not result["fast_allocator"]:
-            env = {**os.environ, "GLIBC_TUNABLES": FAST_ALLOCATOR, NO_REEXEC: "1"}
-            command = [sys.executable, "-m", "scripts", "bench", "synthesis", "--steps", str(steps), "--child", "True"]
-            command += ["--data", data] if data is not None else []
-            run = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, check=True)
-            child_result = json.loads(run.stdout[run.stdout.index("{") :])
+            child_result = _allocator_child("synthesis", steps, data)
             result["with_fast_allocator"] = child_result
             fast = child_result["seconds_per_iteration"][profile]
             result["profile_with_allocator_vs_eager_baseline_without"] = round(seconds["eager_baseline"] / fast, 2)
-        print(json.dumps(result, indent=2))
-        if output:
-            Path(output).write_text(json.dumps(result, indent=2) + "\n")
+        _report(result, output)
+
+    def segmentation(
+        self, steps: int = 8, data: str | None = None, output: str | None = None, child: bool = False
+    ) -> dict:
+        """Training throughput of the segmenter (``cpu`` profile, pseudo masks from the real points) in fp32 against
+        bfloat16 autocast + channels-last (:class:`scripts.runtime.Bf16Autocast`), same process, interleaved.
+
+        ``profile`` names the mode the ``cpu`` profile picks on this machine (bf16 where
+        :func:`scripts.runtime.fast_bf16` says so). As for ``synthesis``, a child process started with the allocator
+        setting repeats the measurement (``with_fast_allocator``).
+        """
+        import os
+
+        from scripts.runtime import FAST_ALLOCATOR
+
+        torch.set_num_threads(2)
+        trainers = {}
+        for name, amp in (("fp32", False), ("bf16_channels_last", True)):
+            parser = _parser(TRAINING_CONFIGS["segmentation"], data, training_data="pseudo", amp=amp)
+            parser["train#handlers"] = []
+            trainers[name] = (parser.get_parsed_content("train#trainer"), parser)
+
+        def step_time(trainer) -> float:
+            batches = iter(trainer.data_loader)
+            return median_time(lambda: trainer._iteration(trainer, next(batches)), repeats=steps, warmup=2)
+
+        times: dict[str, list[float]] = {name: [] for name in trainers}
+        for _ in range(2):  # interleaved rounds, so that drift of the machine hits both modes alike
+            for name, (trainer, _) in trainers.items():
+                times[name].append(step_time(trainer))
+        seconds = {name: min(values) for name, values in times.items()}
+        parser = trainers["fp32"][1]
+        default_amp = _parser(TRAINING_CONFIGS["segmentation"], data).get_parsed_content("amp")
+        profile = "bf16_channels_last" if default_amp else "fp32"
+        result = {
+            "machine": _machine(),
+            "fast_allocator": FAST_ALLOCATOR in os.environ.get("GLIBC_TUNABLES", ""),
+            "crop_batch": f"{parser['crop_size']} px, batch {parser['batch_size']}",
+            "seconds_per_iteration": {k: round(v, 3) for k, v in seconds.items()},
+            "speedup_vs_fp32": {k: round(seconds["fp32"] / v, 2) for k, v in seconds.items()},
+            "profile": profile,
+        }
+        if not child and not result["fast_allocator"]:
+            result["with_fast_allocator"] = _allocator_child("segmentation", steps, data)
+        _report(result, output)
 
     def distributed(
         self,
@@ -661,6 +693,39 @@ def _run_child(command: list[str], env: dict | None = None) -> tuple[float, floa
     if child.returncode:
         raise RuntimeError(f"{' '.join(command)} failed ({child.returncode}):\n{output[-3000:]}")
     return usage.ru_maxrss / 1024, seconds, output
+
+
+def _parser(configs: Sequence[str], data: str | None, **overrides):
+    """A ``ConfigParser`` of the repository's ``configs`` with ``data_dir`` (if given) and ``overrides`` set."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(REPO / c) for c in configs])
+    for key, value in ({"data_dir": data} if data is not None else {}).items() | overrides.items():
+        parser[key] = value
+    return parser
+
+
+def _allocator_child(benchmark: str, steps: int, data: str | None) -> dict:
+    """The result of ``bench <benchmark>`` run again in a child process started with the allocator setting (it only
+    acts at process start)."""
+    import os
+    import subprocess
+    import sys
+
+    from scripts.runtime import FAST_ALLOCATOR, NO_REEXEC
+
+    env = {**os.environ, "GLIBC_TUNABLES": FAST_ALLOCATOR, NO_REEXEC: "1"}
+    command = [sys.executable, "-m", "scripts", "bench", benchmark, "--steps", str(steps), "--child", "True"]
+    command += ["--data", data] if data is not None else []
+    run = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    return json.loads(run.stdout[run.stdout.index("{") :])
+
+
+def _report(result: dict, output: str | None) -> None:
+    print(json.dumps(result, indent=2))
+    if output:
+        Path(output).write_text(json.dumps(result, indent=2) + "\n")
 
 
 def _machine() -> str:

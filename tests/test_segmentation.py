@@ -31,6 +31,7 @@ from scripts.metrics import instance_metrics
 from scripts.pipeline import pipeline
 from scripts.predict import TilePredictor
 from scripts.prepare import PrepareError
+from scripts.runtime import Bf16Autocast
 from scripts.segmentation import FreezeEncoder, encoder_parameters, evaluation_items, segmentation_datalist
 from tests.conftest import REPO, SAMPLE, load_label, parse_configs
 
@@ -101,6 +102,34 @@ def test_tile_predictor_matches_the_networks_own_output_and_restores_its_mode():
     assert all(torch.equal(wrapped.outputs(image)[k], v) for k, v in outputs.items())
 
 
+def test_bf16_autocast_keeps_the_networks_weights_and_float32_outputs():
+    torch.manual_seed(0)
+    net = ImageToMaskNet(features=(8, 16, 32), blocks_per_stage=1)
+    keys = list(net.state_dict())
+    x = torch.rand(2, 3, 64, 64)
+    reference = net(x)
+    wrapped = Bf16Autocast(net, channels_last=True)
+    assert wrapped.module is net and list(net.state_dict()) == keys  # checkpoints of `net` are unchanged
+    assert net.stem.weight.is_contiguous(memory_format=torch.channels_last)
+    output = wrapped(x)
+    for key, value in output.items():
+        assert value.dtype == torch.float32 and value.shape == reference[key].shape
+        assert torch.allclose(value, reference[key], atol=0.1, rtol=0.05)  # bf16 keeps ~3 significant digits
+        assert not torch.equal(value, reference[key])  # it did compute in bf16
+    sum(v.square().mean() for v in output.values()).backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in net.parameters())
+
+
+def test_cpu_profile_trains_in_bf16_only_where_it_is_fast(monkeypatch):
+    for amx, expected in ((True, True), (False, False)):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx)
+        parser = parse_configs(TRAIN, CONFIGS / "train_cpu.json", device="$torch.device('cpu')")
+        assert parser.get_parsed_content("amp") is expected and parser.get_parsed_content("channels_last") is expected
+        assert isinstance(parser.get_parsed_content("train_network"), Bf16Autocast) is expected
+        assert parser.get_parsed_content("train#trainer#amp") is False  # MONAI's own amp is CUDA autocast only
+    assert parse_configs(TRAIN, SMOKE).get_parsed_content("amp") is False  # tests stay fp32 everywhere
+
+
 # --- the workflow ------------------------------------------------------------------------------------------
 
 
@@ -121,6 +150,26 @@ def test_smoke_training_selects_by_points_and_writes_the_model(tmp_path):
     again = validator.validate()
     assert again["point_f1"] == pytest.approx(best["point_f1"]) and again["aji"] == pytest.approx(best["aji"])
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_bf16_channels_last_training_runs_and_evaluates(tmp_path):
+    """What the ``cpu`` profile runs on CPUs with AMX: the network under bf16 autocast, losses and checkpoints fp32."""
+    parser = _train(tmp_path / "run", amp=True)
+    trainer = parser.get_parsed_content("train#trainer")
+    assert isinstance(trainer.network, Bf16Autocast) and trainer.scaler is None and trainer.state.iteration == 4
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [2, 4] and all(np.isfinite(r["point_f1"]) for r in rows)
+    saved = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+    assert list(saved) == list(ImageToMaskNet(**_smoke_network()).state_dict())  # the plain network's keys
+    assert all(v.dtype == torch.float32 for v in saved.values() if v.is_floating_point())
+    evaluation = parse_configs(TRAIN, SMOKE, EVALUATE, output_dir=str(tmp_path / "run"), amp=True, eval_section="all")
+    evaluation.get_parsed_content("evaluating")
+    assert json.loads((tmp_path / "run" / "evaluation" / "metrics.json").read_text())["n_images"] == 4
+
+
+def _smoke_network() -> dict:
+    config = json.loads(SMOKE.read_text())["network_def"]
+    return {k: v for k, v in config.items() if k != "_target_"}
 
 
 def test_resume_continues_and_keeps_the_best_score(tmp_path):
