@@ -150,7 +150,7 @@ class Bench:
 
     def synthesis(
         self, steps: int = 8, data: str | None = None, output: str | None = None, child: bool = False
-    ) -> dict:
+    ) -> None:
         """Training throughput of the synthesis GAN (``cpu`` profile) against a plain eager baseline, same process.
 
         Modes, each timed over ``steps`` iterations (data loading included) in one process: ``eager_baseline``
@@ -224,7 +224,7 @@ class Bench:
 
     def segmentation(
         self, steps: int = 8, data: str | None = None, output: str | None = None, child: bool = False
-    ) -> dict:
+    ) -> None:
         """Training throughput of the segmenter (``cpu`` profile, pseudo masks from the real points) in fp32 against
         bfloat16 autocast + channels-last (:class:`scripts.runtime.Bf16Autocast`), same process, interleaved.
 
@@ -701,7 +701,7 @@ def _parser(configs: Sequence[str], data: str | None, **overrides):
 
     parser = ConfigParser()
     parser.read_config([str(REPO / c) for c in configs])
-    for key, value in ({"data_dir": data} if data is not None else {}).items() | overrides.items():
+    for key, value in {**({"data_dir": data} if data is not None else {}), **overrides}.items():
         parser[key] = value
     return parser
 
