@@ -89,6 +89,8 @@ def test_two_process_training_and_resume(tmp_path, workflow):
     rounds = [json.loads(line)["iteration"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rounds == [2, 4]
     assert not list(out.rglob(".*.tmp"))
+    # rank 0 alone logs to TensorBoard (event file names end in <pid>.<n>): other ranks create no writer either
+    assert len({p.name.split(".")[-2] for p in (out / "tensorboard").glob("events.out.tfevents.*")}) == 1
     saved = torch.load(out / "checkpoints" / checkpoints[-1], weights_only=True)
     key = "network" if workflow == "segmentation" else "generator"
     rank0 = first["network_def" if workflow == "segmentation" else "generator"]
