@@ -154,7 +154,8 @@ def test_smoke_training_selects_by_points_and_writes_the_model(tmp_path):
 
 def test_bf16_channels_last_training_runs_and_evaluates(tmp_path):
     """What the ``cpu`` profile runs on CPUs with AMX: the network under bf16 autocast, losses and checkpoints fp32."""
-    parser = _train(tmp_path / "run", amp=True)
+    cpu = "$torch.device('cpu')"  # the CPU path also where a GPU is present
+    parser = _train(tmp_path / "run", amp=True, device=cpu)
     trainer = parser.get_parsed_content("train#trainer")
     assert isinstance(trainer.network, Bf16Autocast) and trainer.scaler is None and trainer.state.iteration == 4
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -162,7 +163,9 @@ def test_bf16_channels_last_training_runs_and_evaluates(tmp_path):
     saved = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
     assert list(saved) == list(ImageToMaskNet(**_smoke_network()).state_dict())  # the plain network's keys
     assert all(v.dtype == torch.float32 for v in saved.values() if v.is_floating_point())
-    evaluation = parse_configs(TRAIN, SMOKE, EVALUATE, output_dir=str(tmp_path / "run"), amp=True, eval_section="all")
+    evaluation = parse_configs(
+        TRAIN, SMOKE, EVALUATE, output_dir=str(tmp_path / "run"), amp=True, device=cpu, eval_section="all"
+    )
     evaluation.get_parsed_content("evaluating")
     assert json.loads((tmp_path / "run" / "evaluation" / "metrics.json").read_text())["n_images"] == 4
 
