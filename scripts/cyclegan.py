@@ -23,7 +23,6 @@ The ablations of the paper are weight and option changes: (a) plain CycleGAN: ``
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -37,6 +36,7 @@ from monai.utils import HoVerNetBranch, convert_to_tensor
 from torch.utils.data import DataLoader
 
 from scripts.distributed import unwrap
+from scripts.runtime import bf16_autocast
 
 __all__ = ["CycleGANTrainer", "ImagePool", "LinearDecay", "TrainingDivergedError", "mask_from_prediction", "point_loss"]
 
@@ -258,10 +258,8 @@ class CycleGANTrainer(Trainer):
                 getattr(self, name).load_state_dict(state.pop(name))
         super().load_state_dict(state)
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if not self.bf16:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=torch.device(self.state.device).type, dtype=torch.bfloat16)
+    def _autocast(self) -> torch.autocast:
+        return bf16_autocast(self.state.device, self.bf16)
 
     def _to_device(self, batch: dict[str, torch.Tensor], key: str) -> torch.Tensor:
         if key not in batch:

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -23,6 +22,7 @@ from monai.utils import HoVerNetBranch
 
 from scripts.deploy import split_output
 from scripts.postprocess import HoVerNetInstances
+from scripts.runtime import bf16_autocast
 from scripts.synthesis_data import load_tile
 
 __all__ = ["TilePredictor"]
@@ -68,9 +68,8 @@ class TilePredictor:
         x = image[None].to(device, torch.float32) * ((self.b_max - self.b_min) / 255.0) + self.b_min
         training = self.network.training
         self.network.eval()
-        autocast = torch.autocast(device.type, dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()
         try:
-            with torch.no_grad(), autocast:
+            with torch.no_grad(), bf16_autocast(device, self.amp):
                 output = self.inferer(x, self.network)
         finally:
             self.network.train(training)

@@ -20,7 +20,7 @@ import sys
 import torch
 from monai.utils import convert_to_tensor
 
-__all__ = ["FAST_ALLOCATOR", "Bf16Autocast", "configure", "fast_bf16"]
+__all__ = ["FAST_ALLOCATOR", "Bf16Autocast", "bf16_autocast", "configure", "fast_bf16"]
 
 # glibc keeps freed memory instead of returning it to the kernel: 1.6-3x faster CPU training (ENVIRONMENT.md).
 FAST_ALLOCATOR = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"
@@ -68,6 +68,12 @@ def fast_bf16(device: str | torch.device) -> bool:
     return False
 
 
+def bf16_autocast(device: str | torch.device, enabled: bool = True) -> torch.autocast:
+    """``torch.autocast`` to bfloat16 on ``device``'s type (CPU or CUDA); a no-op context when not ``enabled``.
+    The one mixed-precision context of the project: trainers, validation, synthesis and inference use it."""
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=enabled)
+
+
 class Bf16Autocast(torch.nn.Module):
     """``module`` run under bfloat16 autocast on its input's device, returning float32 outputs (a tensor, or a
     dict / list / tuple of tensors), so that losses and post-processing stay in float32.
@@ -89,6 +95,6 @@ class Bf16Autocast(torch.nn.Module):
     def forward(self, x: torch.Tensor, *args, **kwargs):
         if self.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16):
+        with bf16_autocast(x.device):
             output = self.module(x, *args, **kwargs)
         return convert_to_tensor(output, dtype=torch.float32, track_meta=False)  # recurses into dicts and lists

@@ -43,6 +43,7 @@ from scripts.atomic import atomic_path
 from scripts.distributed import is_main_process
 from scripts.metrics import point_f1
 from scripts.predict import TilePredictor
+from scripts.runtime import bf16_autocast
 from scripts.synthesis_data import load_tile, validation_crops
 from scripts.synthesis_quality import diversity, kernel_inception_distance, pooled_features, stain_distance
 from scripts.visualize import grid, hv_rgb
@@ -169,15 +170,12 @@ class SynthesisMonitor:
         self.logger.info(f"validation at iteration {iteration}: {text} (best: iteration {self.best['iteration']})")
         return metrics
 
-    def _autocast(self, device: torch.device):
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=self.amp)
-
     def _draws(self, device: torch.device) -> torch.Tensor:
         """(noise_draws, N, 3, H, W) images of ``G`` for the validation masks, with seeded noise."""
         masks = self.crops.masks.to(device)
         n, _, h, w = masks.shape
         out = []
-        with torch.random.fork_rng(devices=[]), self._autocast(device):
+        with torch.random.fork_rng(devices=[]), bf16_autocast(device, self.amp):
             torch.manual_seed(self.seed)
             for _ in range(self.noise_draws):
                 z = self.generator.sample_noise(n, h, w, device=device)

@@ -41,6 +41,7 @@ from tqdm import tqdm
 from scripts.atomic import atomic_path, remove_stale_temporaries
 from scripts.checkpoint import load_network_weights
 from scripts.prepare import read_image_info
+from scripts.runtime import bf16_autocast
 from scripts.synthesis_data import tile_datalist
 from transforms import HVMap, LoadPoints, PointsToEllipseMask, RandomPoints
 
@@ -230,7 +231,7 @@ def _render(
         torch.manual_seed(seed)
         z = generator.sample_noise(1, ph, pw, device=torch.device("cpu"))
     z = z.to(device) if z is not None else None
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+    with bf16_autocast(device, amp):
         image = generator(mask, z).float()[0, :, :h, :w]
     pixels = ((image.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
     with atomic_path(path) as tmp:
