@@ -9,14 +9,16 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Networks of the bundle (mask->image generator, image->mask net, discriminators)."""
+"""Networks of the bundle (mask->image generator, image->mask net, discriminators, the single-tensor wrapper)."""
 
 from networks.discriminator import SpectralPatchDiscriminator
 from networks.generator import MaskToImageGenerator, SPADEResBlock
 from networks.mask_net import ImageToMaskNet, PreActBlock
+from networks.single_output import HoVerNetSingleOutput
 from networks.utils import maybe_spectral_norm, remove_spectral_norm
 
 __all__ = [
+    "HoVerNetSingleOutput",
     "ImageToMaskNet",
     "MaskToImageGenerator",
     "PreActBlock",

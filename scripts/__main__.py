@@ -17,7 +17,8 @@ import fire
 
 
 def _commands() -> dict:
-    from scripts import bench, compare, demo, export, pipeline, point_prior, prepare, synthesis_report
+    from scripts.bench import Bench
+    from scripts.cli import compare, demo, export, fit_points, pipeline, prepare, synthesis_report
 
     return {
         "prepare": prepare.prepare,
@@ -25,9 +26,9 @@ def _commands() -> dict:
         "compare": compare.compare,
         "coherence": compare.coherence,
         "demo": demo.demo,
-        "bench": bench.Bench,
+        "bench": Bench,
         "synthesis_report": synthesis_report.synthesis_report,
-        "fit_points": point_prior.fit_points,
+        "fit_points": fit_points.fit_points,
         "export": export.export,
     }
 

@@ -9,7 +9,8 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""MONAI transforms of the bundle: point loading and alignment, shape-prior masks, HoVer maps, random points.
+"""MONAI transforms of the bundle: point loading and alignment, shape-prior masks, HoVer maps, random points,
+HoVer-Net post-processing to instance maps.
 
 Public API::
 
@@ -20,13 +21,22 @@ from transforms.ellipse_mask import EllipseSample, PointsToEllipseMask, PointsTo
 from transforms.hv_map import HVMap, HVMapd
 from transforms.points import AlignPointsd, LoadPoints, LoadPointsd, PointsToMap, PointsToMapd
 from transforms.points_io import PointsFileError, find_point_problems, points_inside, read_points
+from transforms.postprocess import (
+    MONUSEG_RANGES,
+    HoVerNetInstances,
+    TensorInstances,
+    TensorInstancesd,
+    split_output,
+)
 from transforms.random_points import PointSample, RandomPoints, RandomPointsd, load_point_prior
 
 __all__ = [
+    "MONUSEG_RANGES",
     "AlignPointsd",
     "EllipseSample",
     "HVMap",
     "HVMapd",
+    "HoVerNetInstances",
     "LoadPoints",
     "LoadPointsd",
     "PointSample",
@@ -37,8 +47,11 @@ __all__ = [
     "PointsToMapd",
     "RandomPoints",
     "RandomPointsd",
+    "TensorInstances",
+    "TensorInstancesd",
     "find_point_problems",
     "load_point_prior",
     "points_inside",
     "read_points",
+    "split_output",
 ]

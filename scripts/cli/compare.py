@@ -1,0 +1,230 @@
+# Copyright (c) 2026 The pointsynth-nuclei authors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""The paper's comparison (Tables 1-3) at one training budget: the same segmenter trained on dense labels (the upper
+bound), on pseudo masks from the points, on CycleGAN pairs (a), on our pairs from real points (c) and on our pairs
+from fully random point sets, each scored on the labelled validation tiles.
+
+``python -m scripts compare --data ../shared/data/monuseg --output runs/compare`` runs whatever is missing (GANs,
+synthetic datasets, segmenters, evaluations: each stage resumes) and writes ``comparison.md`` / ``.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from scripts.cli.pipeline import CONFIGS, run_workflow
+from scripts.data.atomic import atomic_path
+from scripts.engines.checkpoint import latest_checkpoint
+from scripts.evaluation.evaluate import format_comparison
+
+__all__ = ["ROWS", "coherence", "compare"]
+
+#: row id -> (row name, training data, GAN ablation file or None, point source)
+ROWS = {
+    "upper": ("upper bound: real images + dense labels", "dense", None, None),
+    "pseudo": ("pseudo masks from the points", "pseudo", None, None),
+    "a_real": ("(a) CycleGAN pairs, real points", "synthetic", "ablation_a_cyclegan.json", "real"),
+    "c_real": ("(c) ours, real points", "synthetic", "ablation_c_full.json", "real"),
+    "c_random": ("(c) ours, random points", "synthetic", "ablation_c_full.json", "random"),
+    "c_real_pseudo": (
+        "(c) ours, real points, + pseudo masks on the real images",
+        "synthetic+pseudo",
+        "ablation_c_full.json",
+        "real",
+    ),
+}
+
+
+def compare(
+    data: str = "../shared/data/monuseg",
+    output: str = "runs/compare",
+    profile: str = "cpu",
+    rows: str | tuple = tuple(ROWS),
+    gan_a: str | None = None,
+    gan_c: str | None = None,
+    gan_checkpoint: str = "best",
+    masks_per_tile: int = 2,
+    draws_per_mask: int = 2,
+    random_tiles: int = 92,
+    seed: int = 0,
+) -> None:
+    """Train and evaluate the rows of the comparison with the ``profile`` settings.
+
+    Writes ``comparison.md`` and ``comparison.json`` (mean and std of every metric per row) into ``output``.
+
+    Args:
+        data: labelled data folder with ``split.json`` (training tiles: images + points; validation: labels too).
+        output: results folder: ``<row>/`` (segmentation run and ``evaluation/``), ``gan_a``/``gan_c``,
+            ``synthetic_<a|c>_<real|random>``, ``comparison.md``.
+        profile: ``cpu`` or ``smoke``: the ``train_synthesis_<profile>.json`` and ``train_<profile>.json`` files.
+        rows: comma-separated row ids among ``upper, pseudo, a_real, c_real, c_random, c_real_pseudo`` (the last:
+            the synthetic pairs of ``c_real`` and the pseudo-mask tiles of ``pseudo`` together, not the paper's).
+        gan_a, gan_c: finished GAN run folders to use as they are; by default ``output/gan_a`` and ``output/gan_c``,
+            trained there (or resumed) with the ``profile`` settings first.
+        gan_checkpoint: which ``G`` renders the synthetic pairs: ``best`` (the run's ``best.pt``, picked by point F1
+            and stain distance) or ``last`` (its newest ``checkpoints/checkpoint_<iteration>.pt``). Rows already
+            evaluated in ``output`` are reused as they are: compare the two in separate ``output`` folders.
+        masks_per_tile, draws_per_mask: synthetic pairs per real point set (23 tiles x 2 x 2 = 92 pairs).
+        random_tiles: fully random point sets (one mask, one image each).
+        seed: seed of every stage.
+    """
+    selected = [r.strip() for r in rows.split(",")] if isinstance(rows, str) else list(rows)
+    unknown = [r for r in selected if r not in ROWS]
+    if unknown:
+        raise SystemExit(f"error: unknown rows {unknown}; choose among {list(ROWS)}")
+    _check_gan_checkpoint(gan_checkpoint)
+    out = Path(output)
+    gan_dirs = {
+        "ablation_a_cyclegan.json": Path(gan_a or out / "gan_a"),
+        "ablation_c_full.json": Path(gan_c or out / "gan_c"),
+    }
+    given = {"ablation_a_cyclegan.json": gan_a is not None, "ablation_c_full.json": gan_c is not None}
+    common = {"data_dir": str(data), "seed": seed}
+    seg_files = [CONFIGS / "train.json", CONFIGS / f"train_{profile}.json"]
+    results = {}
+    for row in selected:
+        name, training_data, ablation, points = ROWS[row]
+        row_dir = out / row
+        metrics = row_dir / "evaluation" / "metrics.json"
+        seg = {"output_dir": str(row_dir), "model_path": str(row_dir / "model.pt"), "training_data": training_data}
+        if training_data == "dense":
+            seg["key_metric"] = "aji"  # the upper bound may select on labels; every other row selects on points
+        if not metrics.is_file():
+            if ablation is not None:
+                gan_files = [
+                    CONFIGS / "train_synthesis.json",
+                    CONFIGS / f"train_synthesis_{profile}.json",
+                    CONFIGS / ablation,
+                ]
+                gan_dir = gan_dirs[ablation]
+                if not given[ablation]:
+                    run_workflow(f"{row}: GAN", "training", gan_files, output_dir=str(gan_dir), **common)
+                synthetic_dir = out / f"synthetic_{ablation.split('_')[1]}_{points}"  # shared by rows
+                generator = _generator_checkpoint(gan_dir, gan_checkpoint)
+                counts = (1, 1) if points == "random" else (masks_per_tile, draws_per_mask)
+                run_workflow(
+                    f"{row}: synthesize",
+                    "synthesize",
+                    [*gan_files, CONFIGS / "synthesize.json"],
+                    output_dir=str(gan_dir),
+                    generator_checkpoint=str(generator),
+                    synthetic_dir=str(synthetic_dir),
+                    points_source=points,
+                    random_tiles=random_tiles,
+                    masks_per_tile=counts[0],
+                    draws_per_mask=counts[1],
+                    **common,
+                )
+                seg["synthetic_datalist"] = str(synthetic_dir / "datalist.json")
+            run_workflow(f"{row}: segmenter", "training", seg_files, **seg, **common)
+            run_workflow(
+                f"{row}: evaluate",
+                "evaluating",
+                [*seg_files, CONFIGS / "evaluate.json"],
+                eval_dir=str(row_dir / "evaluation"),
+                **seg,
+                **common,
+            )
+        results[name] = json.loads(metrics.read_text())
+    _write_table(out / "comparison", f"Comparison on the validation tiles of {data} ({profile} profile)", results)
+
+
+def coherence(
+    data: str = "../shared/data/monuseg",
+    output: str = "runs/compare",
+    profile: str = "cpu",
+    gans: str = "a=runs/synthesis_cpu_a,b=runs/synthesis_cpu_b,c=runs/synthesis_cpu_c",
+    model: str | None = None,
+    gan_checkpoint: str = "best",
+    seed: int = 0,
+) -> None:
+    """Mask-image coherence: does a segmenter trained on real data find the nuclei of ``S`` in ``G(S)``?
+
+    For every GAN, one mask is sampled from each *validation* tile's points and rendered once; the upper-bound
+    segmenter (``model``, default ``output/upper/model.pt`` from :func:`compare`) segments the images, scored
+    against ``S`` (object Dice, pixel F1, AJI, ...). Writes ``coherence.md`` / ``.json`` into ``output``.
+
+    Args:
+        gans: comma-separated ``name=run folder`` pairs; the ablation file is picked from the name's first letter
+            (``a``, ``b`` or ``c``: ``c_long=runs/my_gan`` is a (c) run).
+        gan_checkpoint: ``best`` (each run's ``best.pt``) or ``last`` (its newest checkpoint).
+    """
+    ablations = {"a": "ablation_a_cyclegan.json", "b": "ablation_b_noise.json", "c": "ablation_c_full.json"}
+    out = Path(output)
+    model_path = Path(model or out / "upper" / "model.pt")
+    if not model_path.is_file():
+        raise SystemExit(f"error: {model_path}: no upper-bound model; run `compare --rows upper` first")
+    _check_gan_checkpoint(gan_checkpoint)
+    common = {"data_dir": str(data), "seed": seed}
+    seg_files = [CONFIGS / "train.json", CONFIGS / f"train_{profile}.json", CONFIGS / "evaluate.json"]
+    results = {}
+    for pair in gans.split(","):
+        name, folder = (x.strip() for x in pair.split("=", 1))
+        if name[:1] not in ablations or name[1:2] not in ("", "_"):
+            raise SystemExit(f"error: GAN names must be a, b or c (optionally + '_<suffix>'), got {name!r}")
+        ablation = ablations[name[0]]
+        gan_files = [CONFIGS / "train_synthesis.json", CONFIGS / f"train_synthesis_{profile}.json", CONFIGS / ablation]
+        target = out / f"coherence_{name}"
+        run_workflow(
+            f"coherence {name}: synthesize",
+            "synthesize",
+            [*gan_files, CONFIGS / "synthesize.json"],
+            output_dir=folder,
+            generator_checkpoint=str(_generator_checkpoint(Path(folder), gan_checkpoint)),
+            synthetic_dir=str(target / "synthetic"),
+            points_section="validation",
+            masks_per_tile=1,
+            draws_per_mask=1,
+            **common,
+        )
+        run_workflow(
+            f"coherence {name}: upper-bound segmenter on G(S)",
+            "evaluating",
+            seg_files,
+            output_dir=str(target),
+            model_path=str(model_path),
+            eval_datalist=str(target / "synthetic" / "datalist.json"),
+            eval_dir=str(target / "evaluation"),
+            **common,
+        )
+        results[f"({name}) {ablation[:-5]}"] = json.loads((target / "evaluation" / "metrics.json").read_text())
+    _write_table(
+        out / "coherence", f"Mask-image coherence: upper-bound segmenter on G(S) vs S ({profile} profile)", results
+    )
+
+
+def _check_gan_checkpoint(which: str) -> None:
+    if which not in ("best", "last"):
+        raise SystemExit(f"error: gan_checkpoint must be 'best' or 'last', got {which!r}")
+
+
+def _generator_checkpoint(gan_dir: Path, which: str) -> Path:
+    """``gan_dir/best.pt`` or the run's newest ``checkpoints/checkpoint_<iteration>.pt``."""
+    if which == "best":
+        if not (gan_dir / "best.pt").is_file():
+            raise SystemExit(f"error: {gan_dir / 'best.pt'}: not found; is {gan_dir} a finished GAN run?")
+        return gan_dir / "best.pt"
+    newest = latest_checkpoint(gan_dir / "checkpoints")
+    if newest is None:
+        raise SystemExit(f"error: {gan_dir / 'checkpoints'}: no checkpoint_<iteration>.pt (gan_checkpoint='last')")
+    return newest
+
+
+def _write_table(stem: Path, title: str, results: dict[str, dict]) -> None:
+    """``<stem>.md`` (the Markdown table of the runs' evaluations) and ``<stem>.json`` (their means and stds)."""
+    table = format_comparison(results)
+    with atomic_path(stem.with_suffix(".md")) as tmp:
+        tmp.write_text(f"# {title}\n\n{table}\n")
+    with atomic_path(stem.with_suffix(".json")) as tmp:
+        tmp.write_text(json.dumps({k: {"mean": v["mean"], "std": v["std"]} for k, v in results.items()}, indent=2))
+    print(table)

@@ -1,0 +1,179 @@
+# Copyright (c) 2026 The pointsynth-nuclei authors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Atomic training checkpoints that a killed run resumes from.
+
+MONAI's ``CheckpointSaver`` writes in place (``atomic=False``), so a run killed mid-write can leave a truncated
+file as its newest checkpoint. :class:`TrainingCheckpoint` writes every checkpoint to a temporary file and
+renames it, keeps the newest ``n_saved``, and on ``STARTED`` restores the newest one (networks, optimisers,
+schedulers, image pools and the engine's iteration count) when ``resume`` is on.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint
+
+from scripts.data.atomic import atomic_path, remove_stale_temporaries
+from scripts.runtime.distributed import is_main_process
+
+__all__ = ["load_network_weights", "TrainingCheckpoint", "latest_checkpoint", "list_checkpoints"]
+
+_NAME = re.compile(r"^checkpoint_(\d+)\.pt$")
+
+
+def list_checkpoints(folder: str | Path) -> list[Path]:
+    """The ``checkpoint_<iteration>.pt`` files of ``folder``, oldest first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(folder: str | Path) -> Path | None:
+    """The newest checkpoint of ``folder``, or ``None``."""
+    found = list_checkpoints(folder)
+    return found[-1] if found else None
+
+
+class TrainingCheckpoint:
+    """Save ``save_dict`` atomically every ``save_interval`` epochs and when training completes; resume.
+
+    Args:
+        save_dir: checkpoint folder.
+        save_dict: objects with ``state_dict``/``load_state_dict`` (networks, optimisers, schedulers, ...). The
+            engine's own state (its iteration count, and whatever else its ``state_dict`` holds) is saved under
+            ``"trainer"`` too.
+        save_interval: save every this many epochs (``0``: only at the end).
+        n_saved: number of newest checkpoints kept.
+        resume: on ``STARTED``, load the newest checkpoint of ``save_dir`` if there is one.
+    """
+
+    def __init__(
+        self,
+        save_dir: str | Path,
+        save_dict: dict[str, Any],
+        save_interval: int = 1,
+        n_saved: int = 2,
+        resume: bool = True,
+    ) -> None:
+        if n_saved < 1 or save_interval < 0:
+            raise ValueError(f"need n_saved >= 1 and save_interval >= 0, got {n_saved}, {save_interval}.")
+        if "trainer" in save_dict:
+            raise ValueError("TrainingCheckpoint: 'trainer' is reserved for the engine's own state.")
+        missing = [k for k, v in save_dict.items() if not hasattr(v, "state_dict")]
+        if missing:
+            raise TypeError(f"TrainingCheckpoint: {missing} have no state_dict().")
+        self.save_dir, self.save_dict = Path(save_dir), save_dict
+        self.save_interval, self.n_saved, self.resume = save_interval, n_saved, resume
+        self.logger = logging.getLogger(self.__class__.__name__)
+
+    def attach(self, engine: Engine) -> None:
+        if self.resume:
+            engine.add_event_handler(Events.STARTED, self.load_latest)
+        if self.save_interval:
+            engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self.save)
+        engine.add_event_handler(Events.COMPLETED, self.save)
+
+    def save(self, engine: Engine) -> Path:
+        """Write ``checkpoint_<iteration>.pt`` (unless it exists) and delete all but the newest ``n_saved``.
+
+        In a multi-process run only rank 0 writes (every rank holds the same weights); all ranks resume."""
+        path = self.save_dir / f"checkpoint_{engine.state.iteration:08d}.pt"
+        if not is_main_process():
+            return path
+        if not path.exists():
+            with atomic_path(path) as tmp:
+                state = {k: v.state_dict() for k, v in self.save_dict.items()}
+                torch.save(state | {"trainer": engine.state_dict()}, tmp)
+            self.logger.info(f"saved {path}")
+        for old in list_checkpoints(self.save_dir)[: -self.n_saved]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def load_latest(self, engine: Engine) -> Path | None:
+        """Restore the newest checkpoint (if any); the engine keeps its configured ``max_epochs``."""
+        if is_main_process():
+            remove_stale_temporaries(self.save_dir)
+        path = latest_checkpoint(self.save_dir)
+        if path is None:
+            return None
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # a foreign or damaged file: say which
+            raise ValueError(f"{path}: cannot read the checkpoint to resume from ({type(e).__name__}: {e}).") from None
+        missing = sorted(set(self.save_dict) - set(checkpoint)) + (["trainer"] if "trainer" not in checkpoint else [])
+        if missing:
+            raise ValueError(f"{path}: checkpoint lacks {missing}; it was written by a different configuration.")
+        engine_state = dict(checkpoint["trainer"])
+        max_epochs = engine.state.max_epochs
+        epoch_length = engine_state.get("epoch_length") or 1
+        if max_epochs is not None and engine_state.get("iteration", 0) > max_epochs * epoch_length:
+            raise ValueError(
+                f"{path}: the checkpoint is at iteration {engine_state['iteration']}, beyond the configured "
+                f"{max_epochs} epochs of {epoch_length} iterations; raise max_epochs to train further."
+            )
+        try:
+            Checkpoint.load_objects(to_load=self.save_dict, checkpoint=checkpoint)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0]
+            raise ValueError(f"{path}: does not match the configured networks ({first}).") from None
+        engine.load_state_dict(engine_state | {"max_epochs": max_epochs})
+        self.logger.info(f"resumed from {path} at iteration {engine.state.iteration}")
+        return path
+
+
+def load_network_weights(
+    network: torch.nn.Module, path: str | Path, key: str | None = None, what: str = "model"
+) -> torch.nn.Module:
+    """Load a state dict into ``network`` from ``path``: a bare state dict (``model.pt``) or a dictionary holding it
+    under ``key`` (a training checkpoint, ``best.pt``).
+
+    Raises:
+        ValueError: the file is missing or unreadable, has no ``key``, or its weights do not fit ``network`` (with
+            the first mismatching parameters and a hint to use the training run's configuration).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: {what} weights not found.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path}: cannot read the {what} weights ({type(e).__name__}: {e}).") from None
+    if key is not None and isinstance(state, dict) and key in state:
+        state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: not a {what} state dict" + (f" (no '{key}' entry)." if key else "."))
+    own = network.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        details = []
+        if wrong:
+            k = wrong[0]
+            details.append(f"{len(wrong)} shape mismatches, e.g. {k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}")
+        if missing:
+            details.append(f"{len(missing)} missing, e.g. {missing[0]}")
+        if unexpected:
+            details.append(f"{len(unexpected)} unexpected, e.g. {unexpected[0]}")
+        raise ValueError(
+            f"{path}: the weights do not match the configured {what} ({'; '.join(details)}). Use the same config "
+            "files (profile, ablation) as the training run that wrote them."
+        )
+    network.load_state_dict(state)
+    return network

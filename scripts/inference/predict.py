@@ -1,0 +1,85 @@
+# Copyright (c) 2026 The pointsynth-nuclei authors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Whole-tile instance prediction: sliding-window inference of a HoVerNet-style network + post-processing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from monai.inferers import SlidingWindowInferer
+from monai.utils import HoVerNetBranch
+
+from scripts.data.tiles import load_tile
+from scripts.runtime import bf16_autocast
+from transforms import HoVerNetInstances, split_output
+
+__all__ = ["TilePredictor"]
+
+_BRANCHES = (HoVerNetBranch.NP.value, HoVerNetBranch.HV.value)
+
+
+class TilePredictor:
+    """Instance map of a whole RGB tile from a network returning MONAI HoVerNet's output dictionary.
+
+    Args:
+        network: the segmenter (``ImageToMaskNet``, MONAI ``HoVerNet`` with ``decoder_padding=True``, ``F``, or
+            either wrapped in :class:`networks.HoVerNetSingleOutput`: a (B, 4, H, W) tensor output is split).
+        roi_size: sliding-window size (a multiple of the network's size factor).
+        sw_batch_size: windows per forward pass.
+        overlap: sliding-window overlap.
+        intensity_range: the network's input range; [0, 255] pixels are mapped linearly onto it.
+        postprocessing: instance post-processing of ``(np_logits, hv)`` (default :class:`HoVerNetInstances`).
+        amp: run under bfloat16 autocast.
+    """
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        roi_size: int | Sequence[int] = 256,
+        sw_batch_size: int = 4,
+        overlap: float = 0.25,
+        intensity_range: Sequence[float] = (0.0, 1.0),
+        postprocessing: Callable | None = None,
+        amp: bool = False,
+    ) -> None:
+        self.network = network
+        self.inferer = SlidingWindowInferer(
+            roi_size=roi_size, sw_batch_size=sw_batch_size, overlap=overlap, mode="gaussian"
+        )
+        self.b_min, self.b_max = float(intensity_range[0]), float(intensity_range[1])
+        self.postprocessing = postprocessing if postprocessing is not None else HoVerNetInstances()
+        self.amp = amp
+
+    def outputs(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Network outputs (NP logits, HV maps) of one (3, H, W) image in [0, 255], on the CPU."""
+        device = next(self.network.parameters()).device
+        x = image[None].to(device, torch.float32) * ((self.b_max - self.b_min) / 255.0) + self.b_min
+        training = self.network.training
+        self.network.eval()
+        try:
+            with torch.no_grad(), bf16_autocast(device, self.amp):
+                output = self.inferer(x, self.network)
+        finally:
+            self.network.train(training)
+        if isinstance(output, torch.Tensor):
+            output = split_output(output)
+        return {k: v[0].float().cpu() for k, v in output.items() if k in _BRANCHES}
+
+    def __call__(self, image: torch.Tensor) -> np.ndarray:
+        """(H, W) int32 instance map of one (3, H, W) image in [0, 255]."""
+        return self.postprocessing.from_output(self.outputs(image))[0]
+
+    def predict_item(self, item: dict) -> np.ndarray:
+        """Instance map of a datalist item's ``image`` file."""
+        return self(load_tile(item)[0])

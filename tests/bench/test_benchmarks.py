@@ -1,0 +1,43 @@
+# Copyright (c) 2026 The pointsynth-nuclei authors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Tests of ``scripts/bench``: the references are fair and the reports complete (speed itself is measured by the
+benchmark command, not asserted here)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from scripts.bench import Bench
+from scripts.bench.benchmarks import naive_ellipse_mask
+from transforms import PointsToEllipseMask, read_points
+
+
+def test_naive_sampler_reference_draws_the_same_prior(monuseg):
+    points = read_points(monuseg / "points" / "TCGA-18-5592-01Z-00-DX1.csv")
+    naive = naive_ellipse_mask(points, (1000, 1000))
+    ours = PointsToEllipseMask(spatial_size=(1000, 1000)).sample(points).label
+    naive_areas, our_areas = np.bincount(naive.ravel())[1:], np.bincount(ours.ravel())[1:]
+    assert len(naive_areas) == len(our_areas) == len(points)
+    assert abs(np.median(naive_areas) - np.median(our_areas)) < 0.15 * np.median(our_areas)
+
+
+def test_transforms_report(tmp_path):
+    output = tmp_path / "bench.json"
+    Bench().transforms(output=str(output), threads=1)
+    report = json.loads(output.read_text())
+    for key in ("PointsToEllipseMask_speedup", "HVMap_speedup", "all_metrics_ms", "machine", "input"):
+        assert key in report
+    assert report["n_nuclei"] > 100
+    ratio = report["naive_skimage_loop_ms"] / report["PointsToEllipseMask_ms"]  # rounded times: 5 % slack
+    assert abs(report["PointsToEllipseMask_speedup"] - ratio) <= 0.05 * ratio + 0.1

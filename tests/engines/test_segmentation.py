@@ -1,0 +1,326 @@
+# Copyright (c) 2026 The pointsynth-nuclei authors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Stage 4: the segmentation workflow (train.json), its data modes, evaluation (evaluate.json) and the main job."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+from PIL import Image
+
+from networks import HoVerNetSingleOutput, ImageToMaskNet
+from scripts.cli.pipeline import pipeline
+from scripts.data.datalist import PrepareError
+from scripts.engines.checkpoint import list_checkpoints
+from scripts.engines.handlers import TrainingDivergedError
+from scripts.engines.segmentation import FreezeEncoder, encoder_parameters, evaluation_items, segmentation_datalist
+from scripts.evaluation.metrics import instance_metrics
+from scripts.inference.predict import TilePredictor
+from scripts.runtime import Bf16Autocast
+from tests.helpers import REPO, SAMPLE, load_label, parse_configs
+
+CONFIGS = REPO / "bundle" / "configs"
+TRAIN, SMOKE, EVALUATE = CONFIGS / "train.json", CONFIGS / "train_smoke.json", CONFIGS / "evaluate.json"
+
+
+def _train(output_dir: Path, **overrides) -> ConfigParser:
+    parser = parse_configs(TRAIN, SMOKE, output_dir=str(output_dir), **overrides)
+    parser.get_parsed_content("initialize")
+    parser.get_parsed_content("training")
+    return parser
+
+
+def _data(tmp_path: Path, labels: bool = True) -> Path:
+    data = tmp_path / "data"
+    for sub in ("images", "points") + (("labels",) if labels else ()):
+        shutil.copytree(SAMPLE / sub, data / sub)
+    return data
+
+
+# --- data ------------------------------------------------------------------------------------------------------------
+
+
+def test_datalist_modes_use_labels_only_where_allowed(tmp_path):
+    data = _data(tmp_path)
+    pseudo = segmentation_datalist("pseudo", data, seed=0)
+    dense = segmentation_datalist("dense", data, seed=0)
+    assert len(pseudo["training"]) == 3 and len(pseudo["validation"]) == 1
+    assert all(set(i) == {"image", "points", "name"} for i in pseudo["training"])  # no label reaches training
+    assert all(set(i) == {"image", "label", "name"} for i in dense["training"])
+    assert [i["name"] for i in dense["training"]] == [i["name"] for i in pseudo["training"]]
+    assert {"image", "points", "label"} <= set(pseudo["validation"][0])
+    synthetic = tmp_path / "synthetic.json"
+    pairs = [
+        {"image": str(Path(i["image"]).resolve()), "label": str(Path(i["label"]).resolve()), "name": f"{i['name']}_m"}
+        for i in dense["training"][:2]
+    ]
+    synthetic.write_text(json.dumps({"training": pairs}))
+    mixed = segmentation_datalist("synthetic+pseudo", data, synthetic, seed=0)
+    assert mixed["training"] == pairs + pseudo["training"] and mixed["validation"] == pseudo["validation"]
+    with pytest.raises(ValueError, match="training_data must be one of"):
+        segmentation_datalist("labels", data)
+    with pytest.raises(ValueError, match="synthetic datalist not found; run the synthesize workflow"):
+        segmentation_datalist("synthetic", data, tmp_path / "missing.json")
+    with pytest.raises(PrepareError, match="needs real instance labels"):
+        segmentation_datalist("dense", _data(tmp_path / "nolabels", labels=False))
+    with pytest.raises(PrepareError, match="evaluation needs real instance labels"):
+        evaluation_items(tmp_path / "nolabels" / "data")
+    assert len(evaluation_items(data, "all")) == 4
+
+
+def test_tile_predictor_matches_the_networks_own_output_and_restores_its_mode():
+    torch.manual_seed(0)
+    net = ImageToMaskNet(features=(8, 16), blocks_per_stage=1).train()
+    image = torch.from_numpy(np.array(Image.open(next((SAMPLE / "images").glob("*.png"))))).permute(2, 0, 1).float()
+    predictor = TilePredictor(net, roi_size=256, intensity_range=(0.0, 1.0))
+    outputs = predictor.outputs(image)
+    assert net.training  # mode restored
+    net.eval()
+    with torch.no_grad():
+        direct = net(image[None] / 255.0)
+    for key, value in outputs.items():  # one window covering the tile: the sliding window is the identity
+        assert torch.allclose(value, direct[key][0], atol=1e-5)
+    label = predictor(image)
+    assert label.shape == (256, 256) and label.dtype == np.int32
+    wrapped = TilePredictor(HoVerNetSingleOutput(net), roi_size=256)  # the exported single-tensor form
+    assert all(torch.equal(wrapped.outputs(image)[k], v) for k, v in outputs.items())
+
+
+def test_bf16_autocast_keeps_the_networks_weights_and_float32_outputs():
+    torch.manual_seed(0)
+    net = ImageToMaskNet(features=(8, 16, 32), blocks_per_stage=1)
+    keys = list(net.state_dict())
+    x = torch.rand(2, 3, 64, 64)
+    reference = net(x)
+    wrapped = Bf16Autocast(net, channels_last=True)
+    assert wrapped.module is net and list(net.state_dict()) == keys  # checkpoints of `net` are unchanged
+    assert net.stem.weight.is_contiguous(memory_format=torch.channels_last)
+    output = wrapped(x)
+    for key, value in output.items():
+        assert value.dtype == torch.float32 and value.shape == reference[key].shape
+        assert torch.allclose(value, reference[key], atol=0.1, rtol=0.05)  # bf16 keeps ~3 significant digits
+        assert not torch.equal(value, reference[key])  # it did compute in bf16
+    sum(v.square().mean() for v in output.values()).backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in net.parameters())
+
+
+def test_cpu_profile_trains_in_bf16_only_where_it_is_fast(monkeypatch):
+    for amx, expected in ((True, True), (False, False)):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx)
+        parser = parse_configs(TRAIN, CONFIGS / "train_cpu.json", device="$torch.device('cpu')")
+        assert parser.get_parsed_content("amp") is expected and parser.get_parsed_content("channels_last") is expected
+        assert isinstance(parser.get_parsed_content("train_network"), Bf16Autocast) is expected
+        assert parser.get_parsed_content("train#trainer#amp") is False  # MONAI's own amp is CUDA autocast only
+    assert parse_configs(TRAIN, SMOKE).get_parsed_content("amp") is False  # tests stay fp32 everywhere
+
+
+# --- the workflow ------------------------------------------------------------------------------------------
+
+
+def test_smoke_training_selects_by_points_and_writes_the_model(tmp_path):
+    parser = _train(tmp_path / "run")
+    trainer = parser.get_parsed_content("train#trainer")
+    assert trainer.state.iteration == 4
+    names = [p.name for p in list_checkpoints(tmp_path / "run" / "checkpoints")]
+    assert names == ["checkpoint_00000002.pt", "checkpoint_00000004.pt"]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [2, 4]
+    best = max(rows, key=lambda r: r["point_f1"])
+    validator = parser.get_parsed_content("train#validator")
+    assert validator.best == {"score": best["point_f1"], "iteration": best["iteration"]}
+    # model.pt holds the selected weights: re-validating it reproduces the selected round's metrics
+    network = parser.get_parsed_content("network")
+    network.load_state_dict(torch.load(tmp_path / "run" / "model.pt", weights_only=True))
+    again = validator.validate()
+    assert again["point_f1"] == pytest.approx(best["point_f1"]) and again["aji"] == pytest.approx(best["aji"])
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_bf16_channels_last_training_runs_and_evaluates(tmp_path):
+    """What the ``cpu`` profile runs on CPUs with AMX: the network under bf16 autocast, losses and checkpoints fp32."""
+    cpu = "$torch.device('cpu')"  # the CPU path also where a GPU is present
+    parser = _train(tmp_path / "run", amp=True, device=cpu)
+    trainer = parser.get_parsed_content("train#trainer")
+    assert isinstance(trainer.network, Bf16Autocast) and trainer.scaler is None and trainer.state.iteration == 4
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [2, 4] and all(np.isfinite(r["point_f1"]) for r in rows)
+    saved = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+    assert list(saved) == list(ImageToMaskNet(**_smoke_network()).state_dict())  # the plain network's keys
+    assert all(v.dtype == torch.float32 for v in saved.values() if v.is_floating_point())
+    evaluation = parse_configs(
+        TRAIN, SMOKE, EVALUATE, output_dir=str(tmp_path / "run"), amp=True, device=cpu, eval_section="all"
+    )
+    evaluation.get_parsed_content("evaluating")
+    assert json.loads((tmp_path / "run" / "evaluation" / "metrics.json").read_text())["n_images"] == 4
+
+
+def _smoke_network() -> dict:
+    config = json.loads(SMOKE.read_text())["network_def"]
+    return {k: v for k, v in config.items() if k != "_target_"}
+
+
+def test_resume_continues_and_keeps_the_best_score(tmp_path):
+    _train(tmp_path / "run")
+    first = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    parser = _train(tmp_path / "run", iterations=8)
+    assert parser.get_parsed_content("train#trainer").state.iteration == 8
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [2, 4, 6, 8]
+    assert parser.get_parsed_content("train#validator").best["score"] == max(r["point_f1"] for r in rows)
+    assert rows[:2] == first
+
+
+def test_first_phase_trains_the_decoders_only(tmp_path):
+    torch.manual_seed(0)
+    net = ImageToMaskNet(features=(8, 16), blocks_per_stage=1)
+    handler = FreezeEncoder(net, epochs=1)
+
+    class _Engine:
+        class state:  # noqa: N801
+            epoch = 1
+
+    handler(_Engine)
+    assert not any(p.requires_grad for p in encoder_parameters(net))
+    assert all(p.requires_grad for p in net.decoder_parameters())
+    _Engine.state.epoch = 2
+    handler(_Engine)
+    assert all(p.requires_grad for p in net.parameters())
+    # in the workflow: after epoch 1 (frozen) the encoder weights equal the initial ones, the decoders moved
+    parser = parse_configs(TRAIN, SMOKE, output_dir=str(tmp_path / "run"), iterations=2, epoch_length=2)
+    network = parser.get_parsed_content("network")
+    start = {k: v.clone() for k, v in network.state_dict().items()}
+    parser.get_parsed_content("initialize")
+    parser.get_parsed_content("training")
+    enc = {id(p) for p in encoder_parameters(network)}
+    named = dict(network.named_parameters())
+    assert all(torch.equal(p, start[n]) for n, p in named.items() if id(p) in enc)
+    assert any(not torch.equal(p, start[n]) for n, p in named.items() if id(p) not in enc)
+
+
+def test_dense_upper_bound_may_select_on_labels_and_pseudo_must_not(tmp_path):
+    parser = _train(tmp_path / "dense", training_data="dense", key_metric="aji")
+    rows = [json.loads(line) for line in (tmp_path / "dense" / "metrics.jsonl").read_text().splitlines()]
+    assert parser.get_parsed_content("train#validator").best["score"] == max(r["aji"] for r in rows)
+    data = _data(tmp_path, labels=False)
+    with pytest.raises(RuntimeError) as error:
+        _train(tmp_path / "pseudo", data_dir=str(data), key_metric="aji")
+    assert "needs labels for every validation tile" in str(error.value.__cause__)
+
+
+def test_tiles_without_nuclei_train(tmp_path):
+    data = _data(tmp_path)
+    for path in (data / "points").glob("*.csv"):
+        path.write_text("y,x\n")  # every tile without a point: pseudo masks are empty
+    parser = _train(tmp_path / "run", data_dir=str(data))
+    assert np.isfinite(float(parser.get_parsed_content("train#trainer").state.output["loss"].detach()))
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path):
+    _train(tmp_path / "run")
+    before = {p.name: p.read_bytes() for p in list_checkpoints(tmp_path / "run" / "checkpoints")}
+    model = (tmp_path / "run" / "model.pt").read_bytes()
+    nan_loss = "$lambda prediction, target: torch.tensor(float('nan'), requires_grad=True)"
+    with pytest.raises(RuntimeError) as error:
+        _train(tmp_path / "run", iterations=8, loss=nan_loss)
+    assert isinstance(error.value.__cause__, TrainingDivergedError)
+    assert "loss is nan at iteration 5" in str(error.value.__cause__)
+    assert {p.name: p.read_bytes() for p in list_checkpoints(tmp_path / "run" / "checkpoints")} == before
+    assert (tmp_path / "run" / "model.pt").read_bytes() == model
+
+
+def test_evaluate_workflow_reports_and_rejects_a_foreign_model(tmp_path):
+    _train(tmp_path / "run")
+    parser = parse_configs(TRAIN, SMOKE, EVALUATE, output_dir=str(tmp_path / "run"), eval_section="all")
+    parser.get_parsed_content("evaluating")
+    report = json.loads((tmp_path / "run" / "evaluation" / "metrics.json").read_text())
+    assert report["n_images"] == 4 and len(list((tmp_path / "run" / "evaluation" / "overlays").glob("*.png"))) == 4
+    # the report's numbers are those of the saved model on each tile
+    network = parser.get_parsed_content("network")
+    network.load_state_dict(torch.load(tmp_path / "run" / "model.pt", weights_only=True))
+    item = evaluation_items(SAMPLE, "all")[0]
+    prediction = TilePredictor(network, roi_size=64).predict_item(item)
+    expected = instance_metrics(prediction, load_label(Path(item["label"])))
+    assert report["per_image"][item["name"]]["aji"] == pytest.approx(expected["aji"])
+    torch.save(ImageToMaskNet(features=(8, 16, 32), blocks_per_stage=1).state_dict(), tmp_path / "other.pt")
+    parser = parse_configs(
+        TRAIN, SMOKE, EVALUATE, output_dir=str(tmp_path / "run"), model_path=str(tmp_path / "other.pt")
+    )
+    with pytest.raises(RuntimeError) as error:
+        parser.get_parsed_content("evaluating")
+    assert "other.pt: the weights do not match the configured segmentation model" in str(error.value.__cause__)
+
+
+# --- the main job ------------------------------------------------------------------------------------------
+
+
+def test_main_job_runs_end_to_end_and_resumes(tmp_path):
+    out = tmp_path / "results"
+    pipeline(output=str(out), profile="smoke")
+    summary = json.loads((out / "metrics.json").read_text())
+    for name in ("summary.png", "metrics.md", "metrics.json", "evaluation/metrics.json", "segmentation/model.pt"):
+        assert (out / name).is_file(), name
+    assert set(summary["seconds"]) == {"1/4 mask -> image GAN", "2/4 synthesize", "3/4 segmenter", "4/4 evaluate"}
+    assert 0.0 <= summary["validation_mean"]["aji"] <= 1.0
+    picture = Image.open(out / "summary.png")
+    assert picture.size == (4 * 260 + 4, 16 + 3 * 260 + 4)  # 3 rows x (points, mask, synthetic, prediction)
+    assert "| ours (synthetic pairs) | 1 |" in (out / "metrics.md").read_text()
+    images = sorted((out / "synthetic" / "images").glob("*.png"))
+    stamps = {p: p.stat().st_mtime_ns for p in images}
+    pipeline(output=str(out), profile="smoke")  # again: every stage resumes, nothing is redone or duplicated
+    assert sorted((out / "synthetic" / "images").glob("*.png")) == images
+    assert {p: p.stat().st_mtime_ns for p in images} == stamps
+    with pytest.raises(SystemExit, match="profile must be one of"):
+        pipeline(output=str(out), profile="huge")
+    with pytest.raises(SystemExit, match="data folder not found"):
+        pipeline(data=str(tmp_path / "missing"), output=str(out), profile="smoke")
+
+
+@pytest.mark.slow
+def test_compare_and_coherence_write_their_tables(tmp_path):
+    from scripts.cli.compare import coherence, compare
+
+    out = tmp_path / "compare"
+    compare(data=str(SAMPLE), output=str(out), profile="smoke", rows="upper,c_real,c_real_pseudo")
+    table = (out / "comparison.md").read_text()
+    assert "| upper bound: real images + dense labels | 1 |" in table and "| (c) ours, real points | 1 |" in table
+    assert "| (c) ours, real points, + pseudo masks on the real images | 1 |" in table
+    assert sorted(p.name for p in out.glob("synthetic_*")) == ["synthetic_c_real"]  # the two (c) rows share it
+    scores = json.loads((out / "comparison.json").read_text())
+    upper = json.loads((out / "upper" / "evaluation" / "metrics.json").read_text())
+    assert scores["upper bound: real images + dense labels"]["mean"] == upper["mean"]
+    synthetic = json.loads((out / "synthetic_c_real" / "datalist.json").read_text())["training"]
+    assert len(synthetic) == 3 * 2 * 2  # 3 training tiles x 2 masks x 2 draws
+    coherence(data=str(SAMPLE), output=str(out), profile="smoke", gans=f"c={out / 'gan_c'}")
+    result = json.loads((out / "coherence.json").read_text())["(c) ablation_c_full"]
+    assert 0.0 <= result["mean"]["object_dice"] <= 1.0
+    # G(S) of the single validation tile, scored against S itself
+    names = json.loads((out / "coherence_c" / "evaluation" / "metrics.json").read_text())["per_image"]
+    assert list(names) == ["TCGA-G9-6336-01Z-00-DX1_y500_x200_m0_z0"]
+    # the run's newest checkpoint instead of best.pt, under a suffixed name
+    coherence(data=str(SAMPLE), output=str(out), profile="smoke", gans=f"c_last={out / 'gan_c'}", gan_checkpoint="last")
+    manifest = json.loads((out / "coherence_c_last" / "synthetic" / "manifest.json").read_text())
+    assert Path(manifest["generator_checkpoint"]) == sorted((out / "gan_c" / "checkpoints").glob("checkpoint_*.pt"))[-1]
+    assert "(c_last) ablation_c_full" in json.loads((out / "coherence.json").read_text())
+    with pytest.raises(SystemExit, match="GAN names must be a, b or c"):
+        coherence(data=str(SAMPLE), output=str(out), profile="smoke", gans=f"d={out / 'gan_c'}")
+    with pytest.raises(SystemExit, match="best.pt: not found"):  # a given GAN folder is used as is, never trained
+        compare(data=str(SAMPLE), output=str(tmp_path / "other"), rows="c_real", gan_c=str(tmp_path / "no_gan"))
+    with pytest.raises(SystemExit, match="gan_checkpoint must be 'best' or 'last'"):
+        compare(data=str(SAMPLE), output=str(out), rows="c_real", gan_checkpoint="newest")
+    with pytest.raises(SystemExit, match="unknown rows"):
+        compare(data=str(SAMPLE), output=str(out), rows="upper,best")

@@ -1,0 +1,124 @@
+# Copyright (c) 2026 The pointsynth-nuclei authors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Stage 3: synthetic datasets from a generator (files, determinism, resume, bad input)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from networks import MaskToImageGenerator
+from scripts.engines.synthesize import load_generator, random_point_sources, real_point_sources, synthesize
+from tests.helpers import REPO, SAMPLE
+
+PRIOR = REPO / "bundle" / "configs" / "point_prior_monuseg.json"
+
+
+def _generator(noise: str = "spatial", ngf: int = 4) -> MaskToImageGenerator:
+    torch.manual_seed(0)
+    return MaskToImageGenerator(ngf=ngf, channel_multipliers=(4, 2, 1), z_dim=2, noise=noise, spade_hidden=8)
+
+
+def _sources(tmp_path: Path) -> list[dict]:
+    data = tmp_path / "data"
+    for sub in ("images", "points"):
+        shutil.copytree(SAMPLE / sub, data / sub)
+    return real_point_sources(data)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_synthesize_writes_aligned_pairs(tmp_path):
+    sources = _sources(tmp_path)
+    datalist = synthesize(_generator(), sources, tmp_path / "syn", 2, 3, seed=5, progress=False)
+    items = json.loads(datalist.read_text())["training"]
+    assert len(items) == len(sources) * 2 * 3 == len({i["image"] for i in items})
+    assert len({i["label"] for i in items}) == len(sources) * 2  # noise draws share their mask
+    for item in items[::3]:
+        image = np.asarray(Image.open(tmp_path / "syn" / item["image"]))
+        label = np.asarray(Image.open(tmp_path / "syn" / item["label"]))
+        points = np.loadtxt(tmp_path / "syn" / item["points"], delimiter=",", skiprows=1, ndmin=2)
+        assert image.shape == (256, 256, 3) and image.dtype == np.uint8
+        assert label.dtype == np.uint16 and label.shape == (256, 256)
+        ids = np.unique(label[label > 0])
+        assert np.array_equal(ids, np.arange(1, len(points) + 1))  # contiguous ids, one per listed point
+        y, x = np.floor(points + 0.5).astype(int).T
+        assert np.mean(label[y, x] == np.arange(1, len(points) + 1)) > 0.95  # nucleus i+1 sits on point i
+    draws = [np.asarray(Image.open(tmp_path / "syn" / items[d]["image"])).astype(int) for d in range(3)]
+    assert np.abs(draws[0] - draws[1]).mean() > 1  # noise draws differ
+
+
+def test_synthesize_is_deterministic_and_resumes_without_duplicates(tmp_path):
+    sources = _sources(tmp_path)
+    full = tmp_path / "full"
+    synthesize(_generator(), sources, full, 2, 2, seed=1, progress=False)
+    reference = _files(full)
+    # an interrupted run: some pairs missing, a stale temporary left behind, no datalist yet
+    part = tmp_path / "part"
+    shutil.copytree(full, part)
+    (part / "datalist.json").unlink()
+    for name in list(reference)[::3]:
+        if name.startswith(("images/", "labels/", "points/")):
+            (part / name).unlink()
+    (part / "images" / ".x_m0_z0.png.0a1b2c3d.tmp").write_bytes(b"half")
+    synthesize(_generator(), sources, part, 2, 2, seed=1, progress=False)
+    assert _files(part) == reference  # identical files, nothing duplicated, missing or half-written
+
+
+def test_synthesize_refuses_other_settings_in_the_same_folder(tmp_path):
+    sources = _sources(tmp_path)[:1]
+    synthesize(_generator(), sources, tmp_path / "syn", 1, 1, seed=1, progress=False)
+    with pytest.raises(ValueError, match=r"other settings \(differing: \['seed'\]\)"):
+        synthesize(_generator(), sources, tmp_path / "syn", 1, 1, seed=2, progress=False)
+
+
+def test_noise_free_generator_and_empty_point_set(tmp_path):
+    empty = [{"name": "empty", "points": np.zeros((0, 2)), "spatial_size": (100, 90)}]
+    synthesize(_generator(noise="none"), empty, tmp_path / "syn", 1, 2, progress=False)
+    label = np.asarray(Image.open(tmp_path / "syn" / "labels" / "empty_m0.png"))
+    image = np.asarray(Image.open(tmp_path / "syn" / "images" / "empty_m0_z0.png"))
+    assert label.shape == (100, 90) and label.max() == 0 and image.shape == (100, 90, 3)  # unpadded to the tile
+    assert (tmp_path / "syn" / "points" / "empty_m0.csv").read_text() == "y,x\n"
+
+
+def test_random_point_sources_follow_the_prior():
+    sources = random_point_sources(PRIOR, 3, (400, 500), seed=3)
+    again = random_point_sources(PRIOR, 3, (400, 500), seed=3)
+    assert [s["name"] for s in sources] == ["random0000", "random0001", "random0002"]
+    for s, t in zip(sources, again, strict=True):
+        assert np.array_equal(s["points"], t["points"]) and s["spatial_size"] == (400, 500)
+        assert len(s["points"]) > 10 and (s["points"] >= -0.5).all()
+    with pytest.raises(ValueError, match=">= 1"):
+        random_point_sources(PRIOR, 0, (100, 100))
+
+
+def test_generator_checkpoint_errors(tmp_path):
+    with pytest.raises(ValueError, match="not found"):
+        load_generator(_generator(), tmp_path / "best.pt")
+    torch.save({"generator": _generator(ngf=8).state_dict()}, tmp_path / "best.pt")
+    with pytest.raises(ValueError, match=r"do not match the configured generator \(\d+ shape mismatches"):
+        load_generator(_generator(ngf=4), tmp_path / "best.pt")
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot read"):
+        load_generator(_generator(), tmp_path / "bad.pt")
+    good = _generator()
+    torch.save({"generator": good.state_dict(), "mask_net": {}}, tmp_path / "good.pt")
+    loaded = load_generator(_generator(ngf=4), tmp_path / "good.pt")
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), good.state_dict().values(), strict=True))

@@ -1,0 +1,365 @@
+# Copyright (c) 2026 The pointsynth-nuclei authors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Streaming inference (scripts.inference.infer, scripts.data.slides, scripts.data.writers, inference.json) on tiles
+and small slides.
+
+The stitching tests use oracle predictors whose network outputs come from a real label map (or from the image's dark
+pixels), so that post-processing finds real nuclei without a trained network.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PIL import Image
+from scipy import ndimage
+
+from networks import ImageToMaskNet
+from scripts.bench import Bench
+from scripts.data.generated_slide import make_slide
+from scripts.data.slides import open_image
+from scripts.evaluation.metrics import aji
+from scripts.inference.infer import NucleusInference, Region, plan_regions
+from tests.helpers import SAMPLE, DarkNuclei, load_label, outputs_of
+from transforms import read_points
+
+NAME = "TCGA-18-5592-01Z-00-DX1_y100_x600"
+CONFIG = "bundle/configs/inference.json"
+
+
+class LabelOracle(NucleusInference):
+    """Network outputs of a perfect prediction of ``label`` (computed once, on the whole image), cropped per region."""
+
+    def __init__(self, label: np.ndarray, fail_after: int | None = None, **kwargs) -> None:
+        super().__init__(None, **kwargs)
+        self.full, self.calls, self.fail_after = outputs_of(label), 0, fail_after
+
+    def predict(self, image: np.ndarray, region: Region) -> dict[str, torch.Tensor]:
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise RuntimeError("simulated failure")
+        y0, x0, y1, x1 = region.box
+        return {k: v[:, y0:y1, x0:x1] for k, v in self.full.items()}
+
+
+def _run(engine: NucleusInference) -> dict:
+    return engine.run()["images"][0]
+
+
+def _label(summary: dict) -> np.ndarray:
+    return np.asarray(Image.open(summary["outputs"]["label"])).astype(np.int64)
+
+
+@pytest.fixture(scope="module")
+def small_slide(tmp_path_factory) -> Path:
+    """A 1024 x 1024 three-level pyramidal TIFF of sample crops, tissue a disc over 30 % of it, 0.25 um/px."""
+    sources = [np.asarray(Image.open(p).convert("RGB")) for p in sorted((SAMPLE / "images").glob("*.png"))]
+    path = tmp_path_factory.mktemp("slide") / "slide.tif"
+    return make_slide(path, 1024, sources, fill=0.3, cell=256, tile=256, levels=3)
+
+
+def test_regions_tile_the_roi_on_the_window_grid():
+    stride, window = 192, 256
+    for shape, roi in [((1000, 1000), (0, 0, 1000, 1000)), ((1500, 900), (100, 50, 1300, 700)), ((200, 300), None)]:
+        roi = roi or (0, 0, *shape)
+        regions = plan_regions(shape, roi, 500, 64, window, 0.25)
+        cover = np.zeros(shape, int)
+        for r in regions:
+            cy0, cx0, cy1, cx1 = r.core
+            by0, bx0, by1, bx1 = r.box
+            cover[cy0:cy1, cx0:cx1] += 1
+            assert (cy1 - cy0) <= 384 and (cx1 - cx0) <= 384  # 500 rounded down to the stride
+            for c0, c1, b0, b1, n in ((cy0, cy1, by0, by1, shape[0]), (cx0, cx1, bx0, bx1, shape[1])):
+                assert 0 <= b0 <= c0 and c1 <= b1 <= n
+                if n > window:  # windows of the whole image's grid: starts on the stride, ends on it or at the end
+                    assert b0 % stride == 0 and (b1 == n or (b1 - b0 - window) % stride == 0)
+                    assert b0 == 0 or c0 - b0 >= 64
+                    assert b1 == n or b1 - c1 >= 64
+        y, x, h, w = roi
+        assert cover[y : y + h, x : x + w].min() == 1 and cover.sum() == h * w
+
+
+def test_region_outputs_equal_whole_image_sliding_window():
+    """The network's outputs in every core equal whole-image sliding-window inference, to the last bit."""
+    torch.manual_seed(0)
+    network = ImageToMaskNet(features=[8, 16, 32], blocks_per_stage=1)
+    image = np.tile(np.asarray(Image.open(SAMPLE / "images" / f"{NAME}.png").convert("RGB")), (2, 2, 1))[:500, :460]
+    engine = NucleusInference(network, None, progress=False)
+    whole = engine.predict(image, Region((0, 0, 500, 460), (0, 0, 500, 460)))
+    for region in plan_regions(image.shape[:2], (0, 0, 500, 460), 192, 64, 256, 0.25):
+        y0, x0, y1, x1 = region.box
+        part = engine.predict(np.ascontiguousarray(image[y0:y1, x0:x1]), region)
+        cy0, cx0, cy1, cx1 = region.core
+        for key in whole:
+            a = part[key][:, cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
+            torch.testing.assert_close(a, whole[key][:, cy0:cy1, cx0:cx1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("source", ["sample", "monuseg"])
+def test_tiled_inference_matches_whole_tile(source, tmp_path, request):
+    if source == "monuseg":
+        data = request.getfixturevalue("monuseg")
+        image_path, label = data / "images" / "TCGA-18-5592-01Z-00-DX1.png", None
+        label = load_label(data / "labels" / "TCGA-18-5592-01Z-00-DX1.png")
+    else:  # 2 x 2 sample crops: nuclei cut by the crops' seams are whole nuclei here
+        label = load_label(SAMPLE / "labels" / f"{NAME}.png")
+        label = np.block(
+            [[label, label + 1000 * (label > 0)], [label + 2000 * (label > 0), label + 3000 * (label > 0)]]
+        )
+        image_path = tmp_path / "mosaic.png"
+        image = np.asarray(Image.open(SAMPLE / "images" / f"{NAME}.png").convert("RGB"))
+        Image.fromarray(np.tile(image, (2, 2, 1))).save(image_path)
+    whole = _run(LabelOracle(label, input=image_path, output_dir=tmp_path / "whole", progress=False))
+    tiled = _run(
+        LabelOracle(label, input=image_path, output_dir=tmp_path / "tiled", region_size=200, margin=64, progress=False)
+    )
+    assert whole["regions"] == 1 and tiled["regions"] >= 4
+    a, b = _label(whole), _label(tiled)
+    if source == "sample":  # post-processing beside the network or after it: the same result
+        inline = LabelOracle(label, input=image_path, output_dir=tmp_path / "inline", region_size=200, workers=0)
+        assert np.array_equal(_label(_run(inline)), b)
+    assert aji(b, a) >= 0.98
+    assert abs(whole["nuclei"] - tiled["nuclei"]) <= 0.01 * whole["nuclei"]  # nothing duplicated, nothing lost
+    assert len(np.unique(b)) - 1 == tiled["nuclei"] and b.max() == tiled["nuclei"]
+    assert aji(a, label) > 0.8  # the oracle's nuclei are the real ones
+
+
+def _polygon_is_simple(ring: np.ndarray) -> bool:
+    p, q = ring[:-1], ring[1:]
+    n = len(p)
+    if n < 3:
+        return False
+    d = q - p
+    for i in range(n):
+        j = np.arange(n)
+        far = (j != i) & (j != (i + 1) % n) & (j != (i - 1) % n)
+        a, b, c, e = p[i], q[i], p[far], q[far]
+
+        def orient(u, v, w):
+            return np.sign(
+                (v[..., 0] - u[..., 0]) * (w[..., 1] - u[..., 1]) - (v[..., 1] - u[..., 1]) * (w[..., 0] - u[..., 0])
+            )
+
+        crossing = (orient(a, b, c) * orient(a, b, e) < 0) & (orient(c, e, a) * orient(c, e, b) < 0)
+        if crossing.any():
+            return False
+    return bool(np.abs(np.sum(d[:, 0] * (p[:, 1] + q[:, 1]))) > 0)
+
+
+def test_tile_outputs_agree(tmp_path):
+    from monai.transforms import LoadImage
+
+    label = load_label(SAMPLE / "labels" / f"{NAME}.png")
+    image_path = SAMPLE / "images" / f"{NAME}.png"
+    outputs = ["label", "geojson", "csv", "overlay", "nifti"]
+    summary = _run(
+        LabelOracle(label, input=image_path, output_dir=tmp_path, outputs=outputs, tile_mpp=0.25, progress=False)
+    )
+    n = summary["nuclei"]
+    assert n > 30
+    collection = json.loads(Path(summary["outputs"]["geojson"]).read_text())
+    assert collection["type"] == "FeatureCollection" and len(collection["features"]) == n
+    for feature in collection["features"]:
+        assert feature["properties"]["objectType"] == "detection"
+        measurements = feature["properties"]["measurements"]
+        assert {"ID", "Area px^2", "Area µm^2", "Hematoxylin OD mean", "Eosin OD mean"} <= set(measurements)
+        ring = np.array(feature["geometry"]["coordinates"][0])
+        assert len(ring) >= 4 and np.array_equal(ring[0], ring[-1]) and _polygon_is_simple(ring)
+        assert (ring >= 0).all() and (ring <= 256).all()
+    with open(summary["outputs"]["csv"], newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == n and [int(r["id"]) for r in rows] == list(range(1, n + 1))
+    instances = _label(summary)
+    assert len(np.unique(instances)) - 1 == n
+    areas = np.bincount(instances.ravel())[1:]
+    assert np.allclose([float(r["area_px"]) for r in rows], areas)
+    assert np.allclose([float(r["area_um2"]) for r in rows], areas * 0.0625, atol=1e-3)
+    # the CSV is a point file of nucleus centres; the GeoJSON polygons' centroids come back within a pixel
+    centres = read_points(summary["outputs"]["csv"])
+    assert np.abs(read_points(summary["outputs"]["geojson"]) - centres).max() < 1.0
+    expected = np.array(ndimage.center_of_mass(instances > 0, instances, np.arange(1, n + 1)))
+    assert np.allclose(expected, centres, atol=0.01)
+    assert Image.open(summary["outputs"]["overlay"]).size == (256, 256)
+    loader = LoadImage(image_only=True)
+    nifti = np.asarray(loader(summary["outputs"]["nifti"]))
+    assert np.array_equal(nifti, np.asarray(loader(summary["outputs"]["label"])))
+    assert json.loads((tmp_path / "summary.json").read_text())["nuclei"] == n
+    assert not list(tmp_path.glob(".*"))  # no temporaries left
+
+
+def test_slide_pyramid_tissue_roi_and_levels(small_slide, tmp_path):
+    from monai.data import WSIReader
+
+    engine = DarkNuclei(
+        None,
+        small_slide,
+        tmp_path / "out",
+        outputs=["label", "geojson", "csv", "overlay"],
+        region_size=256,
+        backend="tifffile",
+        progress=False,
+    )
+    summary = _run(engine)
+    assert summary["skipped_regions"] > 0 and summary["regions"] > 0 and summary["nuclei"] > 20
+    assert summary["mpp"] == pytest.approx(0.25)
+    reader = WSIReader(backend="tifffile")
+    wsi = reader.read(summary["outputs"]["label"])
+    assert reader.get_level_count(wsi) == 3 and reader.get_size(wsi, 1) == (512, 512)
+    assert reader.get_mpp(wsi, 0) == pytest.approx((0.25, 0.25))
+    with tifffile.TiffFile(summary["outputs"]["label"]) as tif:
+        level0, level1 = tif.pages[0].asarray(), tif.pages[1].asarray()
+        assert tif.pages[0].is_tiled and level0.dtype == np.uint32
+    assert np.array_equal(level1, level0[::2, ::2])
+    assert len(np.unique(level0)) - 1 == summary["nuclei"]
+    collection = json.loads(Path(summary["outputs"]["geojson"]).read_text())
+    assert len(collection["features"]) == summary["nuclei"]
+    patch, _ = WSIReader(backend="tifffile").get_data(reader.read(small_slide), location=(256, 256), size=(64, 64))
+    with open_image(small_slide, backend="tifffile") as source:
+        assert np.array_equal(np.moveaxis(np.asarray(patch), 0, -1), source.read(256, 256, 64, 64))
+    assert Image.open(summary["outputs"]["overlay"]).size == (1024, 1024)
+
+    # a region of interest (level-0 px) at level 1 (picked by mpp): nuclei only there, coordinates at level 0
+    roi = [384, 320, 256, 320]
+    part = _run(
+        DarkNuclei(None, small_slide, tmp_path / "roi", outputs=["csv", "label"], mpp=0.5, roi=roi, progress=False)
+    )
+    assert part["level"] == 1 and part["roi"] == [192, 160, 128, 160] and part["nuclei"] > 0
+    centres = read_points(part["outputs"]["csv"])
+    assert (centres[:, 0] >= roi[0] - 1).all() and (centres[:, 0] < roi[0] + roi[2]).all()
+    assert (centres[:, 1] >= roi[1] - 1).all() and (centres[:, 1] < roi[1] + roi[3]).all()
+    with tifffile.TiffFile(part["outputs"]["label"]) as tif:
+        assert tif.pages[0].shape == (128, 160)
+
+
+def test_bad_inputs_give_clear_errors(small_slide, tmp_path):
+    good = SAMPLE / "images" / f"{NAME}.png"
+    data = good.read_bytes()
+    (tmp_path / "truncated.png").write_bytes(data[: len(data) // 2])
+    (tmp_path / "garbage.png").write_bytes(b"not an image at all")
+    rgb = np.asarray(Image.open(good).convert("RGB"))
+    Image.fromarray(rgb[..., 0]).save(tmp_path / "gray.png")
+    for name, match in [
+        ("truncated.png", "truncated.png: cannot read the image"),
+        ("garbage.png", "garbage.png: cannot read the image"),
+        ("gray.png", "gray.png: a 1-channel"),
+        ("missing.png", "missing.png: image not found"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            open_image(tmp_path / name)
+    slide_bytes = small_slide.read_bytes()
+    (tmp_path / "cut.tif").write_bytes(slide_bytes[: len(slide_bytes) * 2 // 3])
+    with pytest.raises(ValueError, match="cut.tif.*(truncated|damaged)"):
+        open_image(tmp_path / "cut.tif", backend="tifffile")
+    with pytest.raises(ValueError, match=r"has no level 5; it has level 0: 1024x1024 px .*level 2: 256x256"):
+        open_image(small_slide, level=5, backend="tifffile")
+    with pytest.raises(
+        ValueError, match=r"no level at 0.33 um/px .* level 1: 512x512 px \(downsample 2, 0.500 um/px\)"
+    ):
+        open_image(small_slide, mpp=0.33, backend="tifffile")
+    blank = make_slide(tmp_path / "blank.tif", 512, [rgb], fill=0.0, cell=256, tile=256, levels=2)
+    with pytest.raises(ValueError, match="blank.tif: no tissue found"):
+        DarkNuclei(None, blank, tmp_path / "out", backend="tifffile", progress=False).run()
+    failed = json.loads((tmp_path / "out" / "summary.json").read_text())  # written before the error is raised
+    assert failed["failed"] == 1 and "no tissue found" in failed["images"][0]["error"]
+
+    # RGBA is composited onto white and 16-bit scaled to 8 bits, both with a warning: same pixels as the RGB tile
+    Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])).save(tmp_path / "rgba.png")
+    tifffile.imwrite(tmp_path / "deep.tif", rgb.astype(np.uint16) * 257)
+    for name, match in [("rgba.png", "RGBA image"), ("deep.tif", "16-bit image")]:
+        with pytest.warns(UserWarning, match=match):
+            source = open_image(tmp_path / name)
+        assert np.array_equal(source.read(0, 0, 256, 256), rgb)
+
+
+def test_failed_run_leaves_no_output(tmp_path):
+    label = load_label(SAMPLE / "labels" / f"{NAME}.png")
+    engine = LabelOracle(
+        label,
+        fail_after=2,
+        input=SAMPLE / "images" / f"{NAME}.png",
+        output_dir=tmp_path,
+        region_size=64,
+        outputs=["label", "geojson", "csv", "overlay"],
+        progress=False,
+    )
+    with pytest.raises(RuntimeError, match="simulated failure"):
+        engine.run()
+    # none of the image's outputs; its record and the summary say it failed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["records", "summary.csv", "summary.json"]
+    assert [p.name for p in (tmp_path / "records").iterdir()] == [f"{NAME}.json"]
+    assert json.loads((tmp_path / "summary.json").read_text())["images"][0]["status"] == "failed"
+
+
+def test_bundle_run_on_a_folder_and_a_mismatching_checkpoint(tmp_path):
+    from monai.bundle import ConfigParser
+    from monai.bundle.scripts import run
+
+    torch.manual_seed(0)
+    parser = ConfigParser()
+    parser.read_config(CONFIG)
+    torch.save(parser.get_parsed_content("network_def").state_dict(), tmp_path / "model.pt")
+    folder = tmp_path / "tiles"
+    folder.mkdir()
+    for p in sorted((SAMPLE / "images").glob("*.png"))[:2]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run(
+            config_file=CONFIG,
+            input=str(folder),
+            output_dir=str(tmp_path / "out"),
+            model_path=str(tmp_path / "model.pt"),
+            outputs=["csv", "label"],
+            num_threads=1,
+        )
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert len(summary["images"]) == 2 and sorted(p.name for p in (tmp_path / "out").glob("*_nuclei.csv")) == [
+        f"{p.stem}_nuclei.csv" for p in sorted(folder.iterdir())
+    ]
+    torch.save(ImageToMaskNet(features=[8, 16], blocks_per_stage=1).state_dict(), tmp_path / "other.pt")
+    bad = {"input": str(folder), "output_dir": str(tmp_path / "bad"), "model_path": str(tmp_path / "other.pt")}
+    with pytest.raises(RuntimeError) as failure:  # MONAI's config error, caused by ours
+        run(config_file=CONFIG, **bad)
+    assert "do not match the configured segmentation model" in str(failure.value.__cause__)
+    assert not (tmp_path / "bad").exists() or not list((tmp_path / "bad").iterdir())
+
+
+def test_bench_inference_on_tiny_inputs(tmp_path):
+    speed = tmp_path / "speed.json"
+    Bench().inference(size=256, networks="cpu", reference=False, threads=1, output=str(speed))
+    result = json.loads(speed.read_text())["pipelines"]["ours_cpu"]
+    assert result["tiles_per_s"] > 0 and result["tiled_vs_whole_aji"] >= 0.98 and 0 <= result["postprocess_share"] < 1
+    memory = tmp_path / "rss.json"
+    Bench().inference(rss=True, slides="512", threads=1, output=str(memory))
+    run = json.loads(memory.read_text())["runs"][0]
+    assert run["slide"] == "512x512" and run["peak_rss_mb"] > 100 and run["regions"] >= 1
+
+
+def test_fixed_normalisation_post_processing():
+    from transforms import MONUSEG_RANGES, HoVerNetInstances
+
+    label = load_label(SAMPLE / "labels" / f"{NAME}.png")
+    outputs = outputs_of(label)
+    fixed = HoVerNetInstances(**MONUSEG_RANGES).from_output(outputs)[0]
+    per_input = HoVerNetInstances().from_output(outputs)[0]
+    assert aji(fixed, label) > 0.8 and abs(aji(fixed, label) - aji(per_input, label)) < 0.05
+    with pytest.raises(ValueError, match="give both hv_range and sobel_range"):
+        HoVerNetInstances(hv_range=(-1, 1))
+    with pytest.raises(ValueError, match="min < max"):
+        HoVerNetInstances(hv_range=(1, -1), sobel_range=(-0.1, 0.1))
