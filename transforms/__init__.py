@@ -18,7 +18,7 @@ Public API::
 """
 
 from transforms.ellipse_mask import EllipseSample, PointsToEllipseMask, PointsToEllipseMaskd
-from transforms.hv_map import HVMap, HVMapd
+from transforms.hv_map import EncodeMask, EncodeMaskd, HVMap, HVMapd
 from transforms.points import AlignPointsd, LoadPoints, LoadPointsd, PointsToMap, PointsToMapd
 from transforms.points_io import PointsFileError, find_point_problems, points_inside, read_points
 from transforms.postprocess import (
@@ -34,6 +34,8 @@ __all__ = [
     "MONUSEG_RANGES",
     "AlignPointsd",
     "EllipseSample",
+    "EncodeMask",
+    "EncodeMaskd",
     "HVMap",
     "HVMapd",
     "HoVerNetInstances",

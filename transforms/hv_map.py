@@ -9,7 +9,8 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Horizontal/vertical (HoVer) distance maps of an instance map, vectorised."""
+"""Horizontal/vertical (HoVer) distance maps of an instance map, vectorised, and the GAN's mask encoding
+``S = [h, v, np]`` built from them."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from monai.data.meta_obj import get_track_meta
 from monai.transforms import MapTransform, Transform
 from monai.utils import convert_data_type, convert_to_tensor
 
-__all__ = ["HVMap", "HVMapd"]
+__all__ = ["EncodeMask", "EncodeMaskd", "HVMap", "HVMapd"]
 
 
 class HVMap(Transform):
@@ -115,4 +116,44 @@ class HVMapd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             d[f"{self.new_key_prefix}{key}"] = self.converter(d[key])
+        return d
+
+
+class EncodeMask(Transform):
+    """The mask representation ``S`` of the synthesis GAN (DESIGN.md): ``(1, H, W)`` instance map -> ``(3, H, W)``
+    float32 ``[h, v, np]``, the HoVer maps of :class:`HVMap` in [-1, 1] and the binary foreground in {0, 1}.
+
+    The one encoding of the project: the GAN's training transforms, its validation crops and synthesis use it.
+    """
+
+    backend = HVMap.backend
+
+    def __init__(self) -> None:
+        self.hv = HVMap(dtype=np.float32)
+
+    def __call__(self, label: NdarrayOrTensor) -> torch.Tensor:
+        hv = convert_to_tensor(self.hv(label), track_meta=False)
+        foreground = convert_to_tensor(label, track_meta=False).reshape(1, *hv.shape[1:]) > 0
+        return torch.cat([hv, foreground.to(hv.dtype)])
+
+
+class EncodeMaskd(MapTransform):
+    """Dictionary version of :class:`EncodeMask`: the encoding of the instance map ``keys`` goes to ``mask_key``.
+
+    Args:
+        keys: key of the ``(1, H, W)`` instance map (one).
+        mask_key: output key.
+        allow_missing_keys: don't raise if the key is missing.
+    """
+
+    backend = EncodeMask.backend
+
+    def __init__(self, keys: KeysCollection, mask_key: str = "mask", allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.encode, self.mask_key = EncodeMask(), mask_key
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[self.mask_key] = self.encode(d[key])
         return d

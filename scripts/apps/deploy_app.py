@@ -39,6 +39,8 @@ from monai.deploy.operators.monai_bundle_inference_operator import (
 )
 from PIL import Image as PILImage
 
+from scripts.data.images import read_image
+
 __all__ = ["CONFIG_NAMES", "InstanceBundleInferenceOperator", "NucleusSegmentationApp", "list_tiles"]
 
 CONFIG_NAMES = BundleConfigNames(config_names=["inference", "deploy"])
@@ -68,7 +70,7 @@ class TileLoaderOperator(Operator):
     def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
         path = self.tiles[self.index]
         self.index += 1
-        pixels = np.asarray(PILImage.open(path).convert("RGB"), dtype=np.uint8)
+        pixels = read_image(path)
         op_output.emit(Image(pixels, metadata={}), "image")
         op_output.emit(path.stem, "name")
 

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from scripts import CODE_ROOT
 from scripts.data.datalist import PrepareError, write_datalist
+from scripts.data.images import LabelReader, TileReader
 from scripts.evaluation.metrics import instance_metrics
 from scripts.evaluation.visualize import contours_on, grid, hv_rgb, instances_rgb, points_on
 from transforms import HVMapd, LoadPointsd, PointsToEllipseMaskd
@@ -66,11 +67,11 @@ def demo(
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     items = load_decathlon_datalist(datalist_file, data_list_key="training", base_dir=out_dir)
-    keys = ["image", "label"] if labels else ["image"]
     load = Compose(
         [
-            LoadImaged(keys, reader="PILReader", reverse_indexing=False, image_only=True),
-            EnsureChannelFirstd("image"),
+            LoadImaged("image", reader=TileReader(), image_only=True),
+            *([LoadImaged("label", reader=LabelReader(), image_only=True)] if labels else []),
+            EnsureChannelFirstd("image", channel_dim=-1),
             *([EnsureChannelFirstd("label", channel_dim="no_channel")] if labels else []),
             LoadPointsd("points", ref_key="image"),
         ]

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import warnings
 from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ import numpy as np
 from PIL import Image
 
 from scripts.data.atomic import atomic_path
+from scripts.data.images import IMAGE_SUFFIXES, read_image, read_label
 from transforms.points_io import POINT_FILE_SUFFIXES, PointsFileError, find_point_problems, read_points
 
 __all__ = [
@@ -47,7 +49,6 @@ __all__ = [
     "write_datalist",
 ]
 
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 LABEL_SUFFIXES = (".png", ".tif", ".tiff")
 _SECTIONS = {"training": ("train", "training"), "validation": ("val", "validation")}
 # PIL mode -> (channels, numpy dtype)
@@ -170,7 +171,8 @@ def build_datalist(
     Returns:
         ``(datalist, problems)``: the datalist ``{"training": [...], "validation": [...], "metadata": {...}}``
         holds only the tiles without problems; ``problems`` lists every problem as ``file: reason``.
-        Tiles without points are kept and reported in ``metadata["warnings"]``.
+        Tiles without points are kept and reported in ``metadata["warnings"]``, as are images that the reader
+        converts (grayscale, alpha, 16 bit: :mod:`scripts.data.images`).
     """
     problems = _argument_problems(images, points, labels, split, val_fraction)
     if problems:
@@ -183,10 +185,10 @@ def build_datalist(
     if not image_files:
         problems.append(f"{folders.images}: no image files ({', '.join(IMAGE_SUFFIXES)})")
 
-    entries, n_points, bad = {}, {}, set()
+    entries, n_points, bad, notes = {}, {}, set(), []
     for stem in sorted(image_files.keys() | point_files.keys() | label_files.keys()):
         files = (image_files.get(stem, []), point_files.get(stem, []), label_files.get(stem, []))
-        entry, count, stem_problems = _check_tile(stem, *files, folders)
+        entry, count, stem_problems = _check_tile(stem, *files, folders, notes)
         problems += stem_problems
         if stem_problems or entry is None:
             bad.add(stem)
@@ -214,7 +216,8 @@ def build_datalist(
         **{f"num_{k}": len(v) for k, v in datalist.items()},
         **{f"num_points_{k}": sum(n_points[item["name"]] for item in v) for k, v in datalist.items()},
         "tiles_without_points": empty,
-        "warnings": [f"{entries[s]['points']}: no points (kept: a tile without nuclei is legitimate)" for s in empty],
+        "warnings": [f"{entries[s]['points']}: no points (kept: a tile without nuclei is legitimate)" for s in empty]
+        + notes,
     }
     return datalist | {"metadata": metadata}, problems
 
@@ -282,9 +285,10 @@ def _files_by_stem(folder: Path, suffixes: Sequence[str], exclude: Container[Pat
 
 
 def _check_tile(
-    stem: str, images: list[Path], points: list[Path], labels: list[Path], folders: _Folders
+    stem: str, images: list[Path], points: list[Path], labels: list[Path], folders: _Folders, notes: list[str]
 ) -> tuple[dict[str, Path] | None, int, list[str]]:
-    """Check one tile's files; return its entry (``None`` without an image), its point count and its problems."""
+    """Check one tile's files; return its entry (``None`` without an image), its point count and its problems;
+    append to ``notes`` what the image reader converts."""
     problems = [
         f"{files[0]}: {len(files)} {kind} files share the stem '{stem}' ({', '.join(f.name for f in files)}); keep one"
         for kind, files in (("image", images), ("point", points), ("label", labels))
@@ -295,7 +299,7 @@ def _check_tile(
         problems += [f"{f}: no image named '{stem}.*' in {folders.images}" for f in orphans]
         return None, 0, problems
     entry = {"image": images[0]}
-    size = _check_image(images[0], problems)
+    size = _check_image(images[0], problems, notes)
     count = 0
     if not points:
         problems.append(f"{images[0]}: no point file named '{stem}.*' in {folders.points}")
@@ -311,19 +315,19 @@ def _check_tile(
     return entry, count, problems
 
 
-def _check_image(path: Path, problems: list[str]) -> tuple[int, int] | None:
-    """Append the image's problems; return its ``(H, W)``, ``None`` when it cannot be read."""
+def _check_image(path: Path, problems: list[str], notes: list[str]) -> tuple[int, int] | None:
+    """Read the image with the project's one reader (:func:`scripts.data.images.read_image`), so that whatever
+    ``prepare`` accepts, training and inference read the same way. Append its problems, and to ``notes`` the
+    reader's conversions; return its ``(H, W)``, ``None`` when it cannot be read."""
     try:
-        info = read_image_info(path)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            image = read_image(path, warn=True)
     except ValueError as e:
-        problems.append(f"{path}: {e}")
+        problems.append(str(e))
         return None
-    if info.frames != 1 or info.palette or info.channels not in (1, 3) or info.dtype not in ("uint8", "uint16"):
-        hint = {2: " (drop the alpha channel)", 4: " (save it as RGB)"}.get(info.channels, "")
-        hint = " (convert it to RGB)" if info.palette else hint
-        frames = f", {info.frames} frames" if info.frames != 1 else ""
-        problems.append(f"{path}: image is {info.description}{frames}; expected one 2-D RGB or grayscale image{hint}")
-    return info.size
+    notes += [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    return image.shape[:2]
 
 
 def _check_points(path: Path, size: tuple[int, int] | None, problems: list[str]) -> int:
@@ -338,19 +342,15 @@ def _check_points(path: Path, size: tuple[int, int] | None, problems: list[str])
 
 
 def _check_label(path: Path, size: tuple[int, int] | None, problems: list[str]) -> None:
-    """Append the label's problems: unreadable, not a single-channel integer map, or not of the image's ``size``."""
+    """Append the label's problems (:func:`scripts.data.images.read_label`: unreadable, not a single-channel
+    integer map) or a size other than the image's ``size``."""
     try:
-        info = read_image_info(path)
+        shape = read_label(path).shape
     except ValueError as e:
-        problems.append(f"{path}: {e}")
+        problems.append(str(e))
         return
-    if info.frames != 1 or info.channels != 1 or not np.issubdtype(np.dtype(info.dtype), np.integer):
-        problems.append(
-            f"{path}: label is {info.description}; expected a single-channel integer instance map "
-            "(0 = background, 1..N = nuclei)"
-        )
-    elif size is not None and info.size != size:
-        problems.append(f"{path}: label is {info.size[0]}x{info.size[1]} but its image is {size[0]}x{size[1]}")
+    if size is not None and shape != size:
+        problems.append(f"{path}: label is {shape[0]}x{shape[1]} but its image is {size[0]}x{size[1]}")
 
 
 def _sections_from_file(

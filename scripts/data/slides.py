@@ -20,9 +20,9 @@ region in that level's pixels, ``thumbnail()`` a small overview. Kinds:
   decodes the whole level for every patch);
 - any slide with MONAI's ``WSIReader`` and the OpenSlide or cuCIM backend, when installed (:class:`WSIReaderSource`).
 
-Pixels: 1-channel (grayscale) images are refused (the segmenter needs H&E colour); RGBA is composited onto white
-with a warning; 16-bit samples are scaled to 8 bits (``/ 257``, i.e. the full 16-bit range) with a warning; other
-sample types are refused. Levels are picked by index or by microns per pixel (``mpp``, within 10 %); a missing one
+Pixels follow the rules of :mod:`scripts.data.images` (the one reader): grayscale is copied to RGB, alpha is
+composited onto white and 16-bit samples are scaled to 8 bits (both with a warning for a tile), other sample types
+are refused. Levels are picked by index or by microns per pixel (``mpp``, within 10 %); a missing one
 is an error that lists what the image has.
 """
 
@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from scripts.data.images import as_rgb8, decode_image
+
 __all__ = [
     "SLIDE_SUFFIXES",
     "TILE_SUFFIXES",
@@ -45,7 +47,6 @@ __all__ = [
     "LevelInfo",
     "TiffSource",
     "WSIReaderSource",
-    "as_rgb8",
     "find_inputs",
     "open_image",
     "tissue_mask",
@@ -70,26 +71,6 @@ class LevelInfo:
     def describe(self) -> str:
         mpp = f", {self.mpp:.3f} um/px" if self.mpp else ""
         return f"level {self.index}: {self.shape[0]}x{self.shape[1]} px (downsample {self.downsample:g}{mpp})"
-
-
-def as_rgb8(array: np.ndarray, name: str, warn: bool = True) -> np.ndarray:
-    """(H, W[, C]) image -> (H, W, 3) uint8: RGBA onto white, 16 bit scaled by 1/257; gray and others refused."""
-    if array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (1, 2)):
-        raise ValueError(f"{name}: a 1-channel (grayscale) image; nucleus segmentation needs an RGB H&E image.")
-    if array.ndim != 3 or array.shape[-1] not in (3, 4):
-        raise ValueError(f"{name}: expected an RGB(A) image (H, W, 3|4), got an array of shape {array.shape}.")
-    if array.dtype == np.uint16:
-        if warn:
-            warnings.warn(f"{name}: 16-bit image, scaled to 8 bits (value / 257).", stacklevel=2)
-        array = np.floor(array.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
-    elif array.dtype != np.uint8:
-        raise ValueError(f"{name}: unsupported pixel type {array.dtype} (expected 8- or 16-bit unsigned integers).")
-    if array.shape[-1] == 4:
-        if warn:
-            warnings.warn(f"{name}: RGBA image, composited onto a white background.", stacklevel=2)
-        alpha = array[..., 3:].astype(np.float32) / 255.0
-        array = np.floor(array[..., :3] * alpha + 255.0 * (1.0 - alpha) + 0.5).astype(np.uint8)
-    return np.ascontiguousarray(array)
 
 
 class ImageSource(ABC):
@@ -182,31 +163,6 @@ class ArraySource(ImageSource):
 
     def read_level(self, level: int, y: int, x: int, h: int, w: int) -> np.ndarray:
         return self.image[y : y + h, x : x + w]
-
-
-def _load_tile(path: Path) -> np.ndarray:
-    """Decode a whole tile file (PIL for PNG/JPEG/BMP, tifffile for TIFF) with errors that name the file."""
-    from PIL import Image
-
-    try:
-        if path.suffix.lower() in TIFF_SUFFIXES:
-            import tifffile
-
-            return tifffile.imread(path, key=0)
-        with Image.open(path) as image:
-            image.load()
-            if image.mode in ("P", "PA"):
-                image = image.convert("RGBA")
-            elif image.mode == "CMYK":
-                image = image.convert("RGB")
-            array = np.asarray(image)
-            if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-                array = array.astype(np.uint16) if image.mode != "I" else array
-            return array
-    except Exception as e:  # PIL, tifffile and zlib raise many kinds of errors on damaged files
-        raise ValueError(
-            f"{path}: cannot read the image; the file is damaged, truncated or not an image ({type(e).__name__}: {e})."
-        ) from e
 
 
 def _tiff_mpp(tif, page) -> float | None:
@@ -407,7 +363,7 @@ def open_image(
     if not slide:
         with warnings.catch_warnings():
             warnings.simplefilter("always")
-            source: ImageSource = ArraySource(path, as_rgb8(_load_tile(path), str(path)), mpp=tile_mpp)
+            source: ImageSource = ArraySource(path, as_rgb8(decode_image(path), str(path)), mpp=tile_mpp)
     else:
         backend = _available_backend(backend)
         if backend == "tifffile":

@@ -18,14 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.transforms import EnsureChannelFirst, LoadImage
-from monai.utils import convert_to_tensor
 from skimage.segmentation import relabel_sequential
 
 from scripts.data.datalist import PrepareError, build_datalist, read_image_info
-from transforms import HVMap, LoadPoints, PointsToEllipseMask
+from scripts.data.images import load_tile
+from transforms import EncodeMask, PointsToEllipseMask
 
-__all__ = ["ValidationCrops", "load_tile", "tile_datalist", "validation_crops"]
+__all__ = ["ValidationCrops", "tile_datalist", "validation_crops"]
 
 
 def tile_datalist(
@@ -56,16 +55,6 @@ def tile_datalist(
     if problems:
         raise PrepareError(problems)
     return datalist
-
-
-def load_tile(item: dict) -> tuple[torch.Tensor, np.ndarray]:
-    """A datalist item's image as float (3, H, W) in [0, 255] and its (N, 2) points."""
-    image = LoadImage(reader="PILReader", reverse_indexing=False, image_only=True)(item["image"])
-    image = EnsureChannelFirst(channel_dim=-1)(image)
-    if image.shape[0] != 3:
-        raise ValueError(f"{item['image']}: expected an RGB image, got {image.shape[0]} channels.")
-    points = LoadPoints()(item["points"], tuple(image.shape[1:])).numpy()
-    return image.as_tensor().float(), points
 
 
 @dataclass
@@ -99,8 +88,7 @@ def validation_crops(
         for top, left in _crop_corners(h, w, crop_size, per_tile):
             crop = label[top : top + crop_size, left : left + crop_size]
             crop_label = relabel_sequential(crop)[0].astype(np.int32)
-            hv = convert_to_tensor(HVMap()(crop_label[None]), track_meta=False)
-            masks.append(torch.cat([hv, torch.from_numpy(crop_label > 0)[None].float()]))
+            masks.append(EncodeMask()(crop_label[None]))
             images.append(image[:, top : top + crop_size, left : left + crop_size] / 127.5 - 1.0)
             labels.append(crop_label)
             names.append(item.get("name", Path(item["image"]).stem))

@@ -48,6 +48,7 @@ __all__ = [
     "Nuclei",
     "OutputWriter",
     "OverlayWriter",
+    "PolygonCollector",
     "PyramidLabelWriter",
     "TileStore",
     "output_paths",
@@ -123,7 +124,15 @@ def output_paths(output_dir: str | Path, name: str, outputs: Sequence[str], is_s
 
 
 class OutputWriter:
-    """Writes into a hidden temporary file beside ``path``; ``commit`` renames it into place, ``abort`` deletes it."""
+    """Writes into a hidden temporary file beside ``path``; ``commit`` renames it into place, ``abort`` deletes it.
+
+    ``needs_polygons``, ``needs_raster``, ``needs_image``: what the writer reads of each region's :class:`Nuclei`
+    (so that the inference computes only that).
+    """
+
+    needs_polygons = False
+    needs_raster = False
+    needs_image = False
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -260,6 +269,8 @@ class LabelWriter(OutputWriter):
     spacing in mm when the resolution is known, so ``LoadImage()`` of the tile and of the NIfTI align.
     """
 
+    needs_raster = True
+
     def __init__(self, path: str | Path, info: ImageInfo) -> None:
         super().__init__(path)
         self.info = info
@@ -348,6 +359,8 @@ class PyramidLabelWriter(OutputWriter):
     streamed into the TIFF in tile order and feeds the next level's store.
     """
 
+    needs_raster = True
+
     def __init__(self, path: str | Path, info: ImageInfo, tile: int = 256) -> None:
         super().__init__(path)
         self.info, self.tile = info, tile
@@ -419,6 +432,9 @@ class OverlayWriter(OutputWriter):
     resolution and outlines are drawn on a separate mask, composited at the end.
     """
 
+    needs_polygons = True
+    needs_image = True
+
     def __init__(self, path: str | Path, info: ImageInfo, max_side: int = 4096) -> None:
         from PIL import Image
 
@@ -469,3 +485,27 @@ class OverlayWriter(OutputWriter):
 
         self.canvas.paste(Image.new("RGB", self.size, NUCLEUS_COLOUR), mask=self.outline)
         self.canvas.save(self.tmp, format="PNG")
+
+
+class PolygonCollector:
+    """Nucleus outlines kept in memory instead of a file (an in-process caller such as the MONAI Label app): one
+    open ``(k, 2)`` ring per nucleus (the closing vertex dropped), level-0 ``(x, y)`` pixel corners as in the GeoJSON,
+    in id order. Has the writers' ``add`` / ``commit`` / ``abort``; ``commit`` returns the rings."""
+
+    needs_polygons = True
+    needs_raster = False
+    needs_image = False
+
+    def __init__(self) -> None:
+        self.polygons: list[np.ndarray] = []
+
+    def add(self, nuclei: Nuclei) -> None:
+        for ring in nuclei.polygons or []:
+            closed = len(ring) > 1 and np.array_equal(ring[0], ring[-1])
+            self.polygons.append(np.asarray(ring[:-1] if closed else ring, dtype=np.float64))
+
+    def commit(self) -> list[np.ndarray]:
+        return self.polygons
+
+    def abort(self) -> None:
+        self.polygons = []

@@ -22,7 +22,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -34,15 +33,14 @@ from ignite.engine import Engine, Events
 from monai.data import load_decathlon_datalist
 from monai.engines.utils import PrepareBatch
 from monai.utils import HoVerNetBranch
-from PIL import Image
-from torch.utils.tensorboard import SummaryWriter
 
 from scripts.data.atomic import atomic_path
 from scripts.data.datalist import PrepareError, build_datalist
-from scripts.data.tiles import load_tile
+from scripts.data.images import load_tile, read_label
+from scripts.engines.validation import PeriodicValidation
 from scripts.evaluation.metrics import instance_metrics, point_f1
 from scripts.inference.predict import TilePredictor
-from scripts.runtime.distributed import is_main_process, unwrap
+from scripts.runtime.distributed import unwrap
 
 __all__ = [
     "TRAINING_DATA",
@@ -196,11 +194,9 @@ class FreezeEncoder:
             self.logger.info(f"epoch {engine.state.epoch}: encoder {'frozen' if frozen else 'trainable'}")
 
 
-class SegmentationValidator:
-    """Every ``interval`` epochs: segment the whole validation tiles, score them, keep the best network.
-
-    In a multi-process run only rank 0 validates (with the unwrapped network; the other ranks wait for it in their
-    next gradient synchronisation).
+class SegmentationValidator(PeriodicValidation):
+    """Every ``interval`` epochs, and at the end: segment the whole validation tiles, score them, keep the best
+    network (:class:`~scripts.engines.validation.PeriodicValidation` does the bookkeeping).
 
     Args:
         network: the segmenter.
@@ -208,8 +204,8 @@ class SegmentationValidator:
         model_path: where the best network's state dict is written (atomically), e.g. ``models/model.pt``.
         output_dir: folder of ``metrics.jsonl``.
         key_metric: the selection metric: ``"point_f1"`` (points only: the method and the pseudo baseline) or a
-            dense metric of :func:`~scripts.evaluation.metrics.instance_metrics`
-            such as ``"aji"`` (the upper bound only).
+            dense metric of :func:`~scripts.evaluation.metrics.instance_metrics` such as ``"aji"`` (the upper
+            bound only).
         interval: validate every this many epochs (and always after the last epoch).
         roi_size: sliding-window size.
         sw_batch_size: windows per forward pass.
@@ -230,67 +226,28 @@ class SegmentationValidator:
         log_dir: str | Path | None = None,
         amp: bool = False,
     ) -> None:
+        super().__init__(output_dir, key_metric, interval, on_completed=True, log_dir=log_dir, metrics_prefix="val_")
         if not validation_items:
             raise ValueError("SegmentationValidator needs at least one validation tile.")
-        dense = key_metric != "point_f1"
-        if dense and not all("label" in item for item in validation_items):
+        if key_metric != "point_f1" and not all("label" in item for item in validation_items):
             raise ValueError(f"key_metric {key_metric!r} needs labels for every validation tile; use 'point_f1'.")
-        self.network, self.items = network, list(validation_items)
-        self.model_path, self.output_dir = Path(model_path), Path(output_dir)
-        self.key_metric, self.interval = key_metric, interval
+        self.network, self.items, self.model_path = network, list(validation_items), Path(model_path)
         self.predictor = TilePredictor(network, roi_size, sw_batch_size, amp=amp)
-        self.log_dir = log_dir
-        self.writer: SummaryWriter | None = None
-        self.best: dict[str, Any] = {"score": -float("inf"), "iteration": -1}
-        self.last_iteration = -1
-        self.logger = logging.getLogger(self.__class__.__name__)
 
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval) | Events.COMPLETED, self)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"best_score": float(self.best["score"]), "best_iteration": int(self.best["iteration"])}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.best = {"score": float(state["best_score"]), "iteration": int(state["best_iteration"])}
-
-    def validate(self) -> dict[str, float]:
+    def validate(self, engine: Engine | None = None) -> dict[str, float]:
         """Mean metrics over the validation tiles (dense ones too when every tile has a label)."""
         per_tile = []
         for item in self.items:
             image, points = load_tile(item)
             prediction = self.predictor(image)
             if "label" in item:
-                label = np.asarray(Image.open(item["label"])).astype(np.int64)
-                per_tile.append(instance_metrics(prediction, label, points=points))
+                per_tile.append(instance_metrics(prediction, read_label(item["label"]), points=points))
             else:
                 per_tile.append({"point_f1": point_f1(prediction, points)})
         names = set.intersection(*(set(t) for t in per_tile))
         return {k: float(np.mean([t[k] for t in per_tile])) for k in sorted(names)}
 
-    def __call__(self, engine: Engine) -> dict[str, float]:
-        iteration = engine.state.iteration
-        if iteration == self.last_iteration or not is_main_process():  # COMPLETED right after the last round
-            return {}
-        self.last_iteration = iteration
-        metrics = self.validate()
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        engine.state.metrics.update({f"val_{k}": v for k, v in metrics.items()})
-        with open(self.output_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps({"iteration": iteration, **metrics}) + "\n")
-        if self.log_dir is not None:
-            self.writer = self.writer or SummaryWriter(log_dir=str(self.log_dir))
-            for name, value in metrics.items():
-                self.writer.add_scalar(f"validation/{name}", value, iteration)
-            self.writer.flush()
-        score = metrics[self.key_metric]
-        if score > self.best["score"]:
-            self.best = {"score": score, "iteration": iteration}
-            with atomic_path(self.model_path) as tmp:
-                torch.save(self.network.state_dict(), tmp)
-        text = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-        self.logger.info(
-            f"validation at iteration {iteration}: {text} (best {self.key_metric} {self.best['score']:.4f} at "
-            f"iteration {self.best['iteration']}, saved to {self.model_path})"
-        )
-        return metrics
+    def save_best(self, iteration: int, metrics: dict[str, float]) -> Path:
+        with atomic_path(self.model_path) as tmp:
+            torch.save(self.network.state_dict(), tmp)
+        return self.model_path

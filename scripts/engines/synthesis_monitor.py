@@ -28,32 +28,25 @@ logs everything to TensorBoard.
 
 from __future__ import annotations
 
-import json
-import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-from ignite.engine import Engine, Events
+from ignite.engine import Engine
 from torch.utils.tensorboard import SummaryWriter
 
 from scripts.data.atomic import atomic_path
-from scripts.data.tiles import load_tile, validation_crops
+from scripts.data.images import load_tile, signed_to_uint8
+from scripts.data.tiles import validation_crops
+from scripts.engines.validation import PeriodicValidation
 from scripts.evaluation.metrics import point_f1
 from scripts.evaluation.synthesis_quality import diversity, kernel_inception_distance, pooled_features, stain_distance
 from scripts.evaluation.visualize import grid, hv_rgb
 from scripts.inference.predict import TilePredictor
 from scripts.runtime import bf16_autocast
-from scripts.runtime.distributed import is_main_process
 
 __all__ = ["SynthesisMonitor"]
-
-
-def _to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(N, 3, H, W) in [-1, 1] -> (N, H, W, 3) uint8."""
-    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
 def mask_rgb(masks: torch.Tensor) -> np.ndarray:
@@ -64,7 +57,7 @@ def mask_rgb(masks: torch.Tensor) -> np.ndarray:
     return np.stack(out).astype(np.uint8)
 
 
-class SynthesisMonitor:
+class SynthesisMonitor(PeriodicValidation):
     """Validate ``G`` and ``F`` every ``interval`` epochs; keep the best pair by ``score``.
 
     Args:
@@ -114,37 +107,25 @@ class SynthesisMonitor:
         seed: int = 0,
         sampler_kwargs: dict | None = None,
     ) -> None:
+        super().__init__(output_dir, "score", interval, log_dir=log_dir)
         if not validation_items:
             raise ValueError("SynthesisMonitor needs at least one validation tile (datalist 'validation').")
         if noise_draws < 2:
             raise ValueError(f"noise_draws must be >= 2 to measure diversity, got {noise_draws}.")
         self.generator, self.mask_net = generator, mask_net
         self.items = list(validation_items)
-        self.output_dir, self.best_path = Path(output_dir), Path(best_path)
-        self.interval, self.noise_draws, self.grid_draws, self.grid_rows = interval, noise_draws, grid_draws, grid_rows
+        self.best_path = Path(best_path)
+        self.noise_draws, self.grid_draws, self.grid_rows = noise_draws, grid_draws, grid_rows
         self.fidelity_weight, self.feature_network = fidelity_weight, feature_network
         self.predictor = TilePredictor(
             mask_net, roi_size or crop_size, sw_batch_size, intensity_range=(-1.0, 1.0), postprocessing=postprocessing
         )
         self.crops = validation_crops(self.items, crop_size, max_crops, seed, **(sampler_kwargs or {}))
-        self.log_dir, self.amp, self.seed = log_dir, amp, seed
-        self.writer: SummaryWriter | None = None
-        self.best: dict[str, Any] = {"score": -float("inf"), "iteration": -1}
-        self.logger = logging.getLogger(self.__class__.__name__)
+        self.amp, self.seed = amp, seed
+        self._draws_of_round: torch.Tensor | None = None
 
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"best_score": float(self.best["score"]), "best_iteration": int(self.best["iteration"])}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.best = {"score": float(state["best_score"]), "iteration": int(state["best_iteration"])}
-
-    def __call__(self, engine: Engine) -> dict[str, float]:
-        if not is_main_process():  # rank 0 validates and writes; the other ranks wait in their next synchronisation
-            return {}
-        iteration = engine.state.iteration
+    def validate(self, engine: Engine) -> dict[str, float]:
+        """Point F1 of ``F`` on the validation tiles, diversity and stain distance (and KID) of ``G``'s draws."""
         device = next(self.generator.parameters()).device
         modes = (self.generator.training, self.mask_net.training)
         self.generator.eval()
@@ -162,13 +143,7 @@ class SynthesisMonitor:
             self.generator.train(modes[0])
             self.mask_net.train(modes[1])
         metrics["score"] = metrics["point_f1"] - self.fidelity_weight * metrics["stain_distance"]
-        engine.state.metrics.update(metrics)
-        self._write(iteration, metrics, draws)
-        if metrics["score"] > self.best["score"]:
-            self.best = {"score": metrics["score"], "iteration": iteration}
-            self._save_best(iteration, metrics)
-        text = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-        self.logger.info(f"validation at iteration {iteration}: {text} (best: iteration {self.best['iteration']})")
+        self._draws_of_round = draws
         return metrics
 
     def _draws(self, device: torch.device) -> torch.Tensor:
@@ -190,11 +165,13 @@ class SynthesisMonitor:
             scores.append(point_f1(self.predictor(image), points))
         return float(np.mean(scores))
 
-    def _write(self, iteration: int, metrics: dict[str, float], draws: torch.Tensor) -> None:
+    def log_extra(self, iteration: int, writer: SummaryWriter | None) -> None:
+        """The sample grid of the round: ``samples/samples_<iteration>.png`` and TensorBoard."""
+        draws = self._draws_of_round
         rows = min(self.grid_rows, draws.shape[1])
         masks = mask_rgb(self.crops.masks[:rows])
-        fakes = [_to_uint8(draws[d, :rows]) for d in range(min(self.grid_draws, draws.shape[0]))]
-        real = _to_uint8(self.crops.images[:rows])
+        fakes = [signed_to_uint8(draws[d, :rows]) for d in range(min(self.grid_draws, draws.shape[0]))]
+        real = signed_to_uint8(self.crops.images[:rows])
         picture = grid(
             [[masks[i], *(f[i] for f in fakes), real[i]] for i in range(rows)],
             titles=["mask", *(f"G(mask), z{d + 1}" for d in range(len(fakes))), "real crop"],
@@ -202,17 +179,10 @@ class SynthesisMonitor:
         path = self.output_dir / "samples" / f"samples_{iteration:08d}.png"
         with atomic_path(path) as tmp:
             picture.save(tmp, format="PNG")
-        with open(self.output_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps({"iteration": iteration, **metrics}) + "\n")
-        if self.log_dir is not None:
-            if self.writer is None:
-                self.writer = SummaryWriter(log_dir=str(self.log_dir))
-            for name, value in metrics.items():
-                self.writer.add_scalar(f"validation/{name}", value, iteration)
-            self.writer.add_image("validation/samples", np.asarray(picture), iteration, dataformats="HWC")
-            self.writer.flush()
+        if writer is not None:
+            writer.add_image("validation/samples", np.asarray(picture), iteration, dataformats="HWC")
 
-    def _save_best(self, iteration: int, metrics: dict[str, float]) -> None:
+    def save_best(self, iteration: int, metrics: dict[str, float]) -> Path:
         state = {
             "generator": self.generator.state_dict(),
             "mask_net": self.mask_net.state_dict(),
@@ -220,3 +190,4 @@ class SynthesisMonitor:
         }
         with atomic_path(self.best_path) as tmp:
             torch.save(state, tmp)
+        return self.best_path

@@ -40,10 +40,10 @@ from tqdm import tqdm
 
 from scripts.data.atomic import atomic_path, remove_stale_temporaries
 from scripts.data.datalist import read_image_info
-from scripts.data.tiles import tile_datalist
+from scripts.data.images import read_label, signed_to_uint8
 from scripts.engines.checkpoint import load_network_weights
 from scripts.runtime import bf16_autocast
-from transforms import HVMap, LoadPoints, PointsToEllipseMask, RandomPoints
+from transforms import EncodeMask, LoadPoints, PointsToEllipseMask, RandomPoints
 
 __all__ = ["load_generator", "random_point_sources", "real_point_sources", "synthesize"]
 
@@ -57,10 +57,14 @@ def load_generator(generator: torch.nn.Module, checkpoint: str | Path) -> torch.
     return load_network_weights(generator, checkpoint, key="generator", what="generator")
 
 
-def real_point_sources(data_dir: str | Path, section: str = "training") -> list[dict]:
-    """Point sets of a data folder's tiles (``section`` of its split): ``{"name", "points", "spatial_size"}``."""
+def real_point_sources(datalist: dict, section: str = "training") -> list[dict]:
+    """Point sets of the tiles of one ``section`` of a datalist (:func:`scripts.data.tiles.tile_datalist`, the split
+    the GAN was trained with): ``{"name", "points", "spatial_size"}``. Only the ``training`` tiles' points may make
+    training pairs; ``validation`` is for measuring mask-image coherence."""
+    if section not in ("training", "validation"):
+        raise ValueError(f"points_section must be 'training' or 'validation', got {section!r}.")
     sources = []
-    for item in tile_datalist(data_dir)[section]:
+    for item in datalist[section]:
         size = read_image_info(item["image"]).size
         sources.append({"name": Path(item["image"]).stem, "points": item["points"], "spatial_size": tuple(size)})
     return sources
@@ -201,7 +205,7 @@ def _mask(
 ) -> np.ndarray:
     """The instance mask of one (source, mask) pair: read back if already written, else sampled and written."""
     if label_path.is_file() and points_path.is_file():
-        return np.asarray(Image.open(label_path)).astype(np.int32)
+        return read_label(label_path)
     label = np.asarray(sampler.set_random_state(seed)(points, size))[0].astype(np.int32)
     if label.max() > np.iinfo(np.uint16).max:
         raise ValueError(f"{label_path}: {label.max()} nuclei do not fit a 16-bit label image.")
@@ -223,8 +227,7 @@ def _render(
 ) -> None:
     """``G`` on the whole mask (zero-padded to the generator's size factor), written as an RGB PNG."""
     h, w = label.shape
-    hv = torch.as_tensor(np.asarray(HVMap()(label[None])), dtype=torch.float32)
-    mask = torch.cat([hv, torch.from_numpy(label > 0)[None].float()])[None]
+    mask = EncodeMask()(label[None])[None]
     factor = int(getattr(generator, "factor", 1))
     ph, pw = max(-(-h // factor) * factor, 2 * factor), max(-(-w // factor) * factor, 2 * factor)
     mask = torch.nn.functional.pad(mask, (0, pw - w, 0, ph - h)).to(device)
@@ -234,6 +237,6 @@ def _render(
     z = z.to(device) if z is not None else None
     with bf16_autocast(device, amp):
         image = generator(mask, z).float()[0, :, :h, :w]
-    pixels = ((image.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    pixels = signed_to_uint8(image)
     with atomic_path(path) as tmp:
         Image.fromarray(pixels).save(tmp, format="PNG")

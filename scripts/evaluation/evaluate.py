@@ -37,11 +37,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tifffile
 from PIL import Image
 from tqdm import tqdm
 
 from scripts.data.atomic import atomic_path
+from scripts.data.images import read_image, read_label
 from scripts.evaluation.metrics import METRIC_NAMES, instance_metrics
 from scripts.evaluation.visualize import contours_on
 from transforms import read_points
@@ -116,38 +116,6 @@ def organ_of(name: str, organs: Mapping[str, str]) -> str | None:
         return organs[name]
     keys = [k for k in organs if name.startswith(f"{k}_")]
     return organs[max(keys, key=len)] if keys else None
-
-
-def _read_array(path: Path) -> np.ndarray:
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            return np.asarray(tifffile.imread(path))
-        if path.suffix.lower() == ".npy":
-            return np.load(path)
-        with Image.open(path) as im:
-            return np.asarray(im)
-    except Exception as e:  # any decoder error: name the file
-        raise ValueError(f"{path}: cannot read the image ({type(e).__name__}: {e})") from e
-
-
-def _as_rgb(arr: np.ndarray, path: Path) -> np.ndarray:
-    """Any 2-D grey or (H, W, 3/4) / (3/4, H, W) image -> (H, W, 3) uint8 for the overlays."""
-    if arr.ndim == 3 and arr.shape[-1] not in (1, 3, 4) and arr.shape[0] in (1, 3, 4):
-        arr = np.moveaxis(arr, 0, -1)
-    if arr.ndim == 3 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    if arr.ndim == 2:
-        arr = np.stack([arr] * 3, axis=-1)
-    if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
-        raise ValueError(f"{path}: expected an RGB image (H, W, 3), got shape {arr.shape}")
-    arr = arr[..., :3]
-    if arr.dtype == np.uint8:
-        return arr
-    if arr.dtype == np.uint16:
-        return (arr // 257).astype(np.uint8)
-    arr = arr.astype(np.float64)
-    scale = 255.0 if arr.size and arr.max() <= 1.0 else 1.0
-    return np.clip(arr * scale, 0, 255).astype(np.uint8)
 
 
 def _as_label(arr: Any, what: str) -> np.ndarray:
@@ -387,8 +355,7 @@ def evaluate(
     bar = tqdm(list(zip(names, items, strict=True)), desc="evaluate", unit="tile", disable=not progress)
     for name, item in bar:
         image_path, label_path = Path(item["image"]), Path(item["label"])
-        image = _as_rgb(_read_array(image_path), image_path)
-        label = _as_label(_read_array(label_path), f"label {label_path}")
+        image, label = read_image(image_path), read_label(label_path)
         if label.shape != image.shape[:2]:
             raise ValueError(f"label {label_path} has shape {label.shape} but image {image_path} is {image.shape[:2]}")
         start = time.perf_counter()

@@ -41,6 +41,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,7 +52,8 @@ from skimage.measure import find_contours
 from tqdm import tqdm
 
 from scripts.data.atomic import atomic_path, remove_stale_temporaries
-from scripts.data.slides import ImageSource, find_inputs, open_image, tissue_mask
+from scripts.data.images import as_rgb8
+from scripts.data.slides import ArraySource, ImageSource, find_inputs, open_image, tissue_mask
 from scripts.data.writers import (
     CSVWriter,
     GeoJSONWriter,
@@ -510,11 +512,25 @@ class NucleusInference:
             raise
         return writers
 
-    def process(self, path: str | Path, progress: bool | None = None) -> dict:
-        """Segment one image and write its outputs (all of them or, on any error, none)."""
+    def process(
+        self, path: str | Path | np.ndarray, progress: bool | None = None, sinks: dict[str, Any] | None = None
+    ) -> dict:
+        """Segment one image and write its outputs (all of them or, on any error, none).
+
+        Args:
+            path: an image file, or the ``(H, W, 3)`` pixels of a tile in memory (read by the rules of
+                :func:`scripts.data.images.as_rgb8`; ``roi`` and ``level`` apply as to a one-level tile).
+            progress: show a progress bar over the regions (default: the engine's ``progress``).
+            sinks: in-memory receivers of the nuclei beside the file outputs, e.g.
+                ``{"polygons": scripts.data.writers.PolygonCollector()}``; they are filled, not returned.
+        """
         progress = self.progress if progress is None else progress
         start = time.perf_counter()
-        with open_image(path, self.level, self.mpp, self.backend, self.tile_mpp) as source:
+        if isinstance(path, np.ndarray):
+            opened: ImageSource = ArraySource(Path("region"), as_rgb8(path, "the region's pixels"), self.tile_mpp)
+        else:
+            opened = open_image(path, self.level, self.mpp, self.backend, self.tile_mpp)
+        with opened as source:
             roi = self._roi(source)
             regions = plan_regions(source.shape, roi, self.region_size, self.margin, self.roi_size, self.overlap)
             thumbnail = None
@@ -540,10 +556,12 @@ class NucleusInference:
                 thumbnail=thumbnail,
                 extra={"level_shape": source.shape},
             )
-            writers = self._writers(source, info)
+            writers = {**self._writers(source, info), **(sinks or {})}
             try:
                 stats = self._segment(source, roi, todo, writers, progress)
-                written = {kind: str(writer.commit()) for kind, writer in writers.items()}
+                written = {kind: str(writer.commit()) for kind, writer in writers.items() if kind not in (sinks or {})}
+                for sink in (sinks or {}).values():
+                    sink.commit()
             except BaseException:
                 for writer in writers.values():
                     writer.abort()
@@ -555,7 +573,7 @@ class NucleusInference:
                 f"{path}: {stats['cut']} nuclei touch a region's inner edge; raise `margin` (now {self.margin})."
             )
         return {
-            "input": str(path),
+            "input": str(path) if not isinstance(path, np.ndarray) else None,
             "shape": list(source.shape),
             "level": source.level,
             "mpp": source.mpp,
@@ -579,9 +597,9 @@ class NucleusInference:
         writers: dict[str, OutputWriter],
         progress: bool,
     ) -> dict:
-        polygons = "geojson" in writers or "overlay" in writers
-        raster = "label" in writers or "nifti" in writers
-        keep_image = "overlay" in writers
+        polygons = any(writer.needs_polygons for writer in writers.values())
+        raster = any(writer.needs_raster for writer in writers.values())
+        keep_image = any(writer.needs_image for writer in writers.values())
         stats = {"nuclei": 0, "cut": 0, "network_s": 0.0, "postprocess_s": 0.0}
 
         def post(image: np.ndarray, outputs: dict[str, torch.Tensor], region: Region) -> tuple[Nuclei, int, float]:

@@ -20,7 +20,7 @@ import torch
 from monai.inferers import SlidingWindowInferer
 from monai.utils import HoVerNetBranch
 
-from scripts.data.tiles import load_tile
+from scripts.data.images import load_tile
 from scripts.runtime import bf16_autocast
 from transforms import HoVerNetInstances, split_output
 

@@ -120,17 +120,24 @@ def test_segmenter_equals_bundle_inference(case, tmp_path):
     json.dumps(result)  # plain JSON
 
 
-def test_segmenter_region_and_pixels(case, tmp_path):
+def test_segmenter_region_and_pixels(case, tmp_path, monkeypatch):
     """A region of interest keeps the nuclei whose centroid lies in it (as ``roi`` does); pixels given directly
-    are shifted by ``location``."""
+    are shifted by ``location``. Polygons and pixels stay in memory: no GeoJSON or image file is written."""
     weights, tile, _ = case
     segmenter = NucleusSegmenter(model_path=weights)
     y, x, h, w = ROI
+    expected = _bundle_geojson(weights, tile, tmp_path / "roi", ROI)
+    pixels = np.asarray(Image.open(tile).convert("RGB"))
+
+    def no_files(*args, **kwargs):
+        raise AssertionError("the label app wrote a file for a polygon request")
+
+    monkeypatch.setattr("scripts.inference.infer.GeoJSONWriter", no_files)
+    monkeypatch.setattr(Image.Image, "save", no_files)
     region = segmenter.segment(tile, location=[x, y], size=[w, h])
-    _assert_same_polygons(region.polygons, _bundle_geojson(weights, tile, tmp_path / "roi", ROI))
+    _assert_same_polygons(region.polygons, expected)
     assert 0 < len(region) < len(segmenter.segment(tile))
 
-    pixels = np.asarray(Image.open(tile).convert("RGB"))
     whole = segmenter.segment(tile)
     shifted = segmenter.segment(pixels, location=[1000, 2000])
     _assert_same_polygons(shifted.polygons, [ring + [1000, 2000] for ring in whole.polygons])

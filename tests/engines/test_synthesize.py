@@ -23,8 +23,9 @@ import torch
 from PIL import Image
 
 from networks import MaskToImageGenerator
+from scripts.data.tiles import tile_datalist
 from scripts.engines.synthesize import load_generator, random_point_sources, real_point_sources, synthesize
-from tests.helpers import REPO, SAMPLE
+from tests.helpers import REPO, SAMPLE, parse_configs
 
 PRIOR = REPO / "bundle" / "configs" / "point_prior_monuseg.json"
 
@@ -38,7 +39,7 @@ def _sources(tmp_path: Path) -> list[dict]:
     data = tmp_path / "data"
     for sub in ("images", "points"):
         shutil.copytree(SAMPLE / sub, data / sub)
-    return real_point_sources(data)
+    return real_point_sources(tile_datalist(data))
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -122,3 +123,17 @@ def test_generator_checkpoint_errors(tmp_path):
     torch.save({"generator": good.state_dict(), "mask_net": {}}, tmp_path / "good.pt")
     loaded = load_generator(_generator(ngf=4), tmp_path / "good.pt")
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), good.state_dict().values(), strict=True))
+
+
+def test_synthetic_pairs_use_only_the_gan_training_split(tmp_path):
+    """No split.json and a seed other than 0: the validation tiles drawn with that seed give no synthetic pair."""
+    data = tmp_path / "data"
+    for sub in ("images", "points"):
+        shutil.copytree(SAMPLE / sub, data / sub)
+    configs = [REPO / "bundle" / "configs" / f for f in ("train_synthesis.json", "train_synthesis_smoke.json")]
+    parser = parse_configs(*configs, REPO / "bundle" / "configs" / "synthesize.json", data_dir=str(data), seed=1)
+    validation = {item["name"] for item in parser.get_parsed_content("datalist")["validation"]}
+    assert validation and validation != {item["name"] for item in tile_datalist(data, seed=0)["validation"]}
+    names = {source["name"] for source in parser.get_parsed_content("point_sources")}
+    assert names == {item["name"] for item in tile_datalist(data, seed=1)["training"]}
+    assert not names & validation

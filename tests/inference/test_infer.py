@@ -257,7 +257,6 @@ def test_bad_inputs_give_clear_errors(small_slide, tmp_path):
     for name, match in [
         ("truncated.png", "truncated.png: cannot read the image"),
         ("garbage.png", "garbage.png: cannot read the image"),
-        ("gray.png", "gray.png: a 1-channel"),
         ("missing.png", "missing.png: image not found"),
     ]:
         with pytest.raises(ValueError, match=match):
@@ -278,13 +277,18 @@ def test_bad_inputs_give_clear_errors(small_slide, tmp_path):
     failed = json.loads((tmp_path / "out" / "summary.json").read_text())  # written before the error is raised
     assert failed["failed"] == 1 and "no tissue found" in failed["images"][0]["error"]
 
-    # RGBA is composited onto white and 16-bit scaled to 8 bits, both with a warning: same pixels as the RGB tile
+    # the one reader's rules (scripts.data.images), each with a warning: RGBA composited onto white and 16 bit scaled
+    # to 8 bits give the RGB tile's pixels, grayscale is copied to the three channels
     Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])).save(tmp_path / "rgba.png")
     tifffile.imwrite(tmp_path / "deep.tif", rgb.astype(np.uint16) * 257)
-    for name, match in [("rgba.png", "RGBA image"), ("deep.tif", "16-bit image")]:
+    for name, match, expected in [
+        ("rgba.png", "alpha channel", rgb),
+        ("deep.tif", "16-bit image", rgb),
+        ("gray.png", "grayscale image", np.repeat(rgb[..., :1], 3, axis=-1)),
+    ]:
         with pytest.warns(UserWarning, match=match):
             source = open_image(tmp_path / name)
-        assert np.array_equal(source.read(0, 0, 256, 256), rgb)
+        assert np.array_equal(source.read(0, 0, 256, 256), expected)
 
 
 def test_failed_run_leaves_no_output(tmp_path):

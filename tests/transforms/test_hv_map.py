@@ -17,7 +17,7 @@ import torch
 from monai.transforms import ComputeHoVerMaps
 
 from tests.helpers import SAMPLE, load_label
-from transforms import HVMap, HVMapd
+from transforms import EncodeMask, EncodeMaskd, HVMap, HVMapd
 
 
 def test_equals_monai_on_sample_labels(sample_names):
@@ -70,3 +70,12 @@ def test_dict_version_and_errors():
         HVMap()(label[0])
     with pytest.raises(ValueError, match="non-integral"):
         HVMap()(label.astype(np.float32) + 0.5)
+
+
+def test_encode_mask_is_hv_and_foreground():
+    label = load_label(SAMPLE / "labels" / "TCGA-18-5592-01Z-00-DX1_y100_x600.png")[None]
+    mask = EncodeMask()(label)
+    assert mask.shape == (3, *label.shape[1:]) and mask.dtype == torch.float32
+    assert torch.equal(mask[:2], torch.as_tensor(HVMap()(label)))
+    assert torch.equal(mask[2], torch.from_numpy(label[0] > 0).float())
+    assert torch.equal(EncodeMaskd("label", "mask")({"label": label})["mask"], mask)

@@ -144,21 +144,23 @@ class NucleusSegmenter:
             level: pyramid level to process (default: the config's ``level`` / ``mpp``, else 0).
             label: also write the instance map (ids in the order of ``polygons``).
         """
+        from scripts.data.writers import PolygonCollector
         from scripts.inference.infer import NucleusInference
 
-        offset = np.zeros(2)
-        with tempfile.TemporaryDirectory(prefix="pointsynth_label_") as tmp:
-            if isinstance(image, np.ndarray):
-                path, roi = _write_region(image, Path(tmp)), None
-                offset = np.asarray((location or (0, 0))[:2], dtype=np.float64)
-            else:
-                path, roi = Path(image), region_of_interest(location, size)
-            use_config = level is None
+        offset, roi = np.zeros(2), None
+        if isinstance(image, np.ndarray):  # a region's pixels: segmented in memory
+            image = _channels_last(image)
+            offset = np.asarray((location or (0, 0))[:2], dtype=np.float64)
+        else:
+            image, roi = Path(image), region_of_interest(location, size)
+        collector = PolygonCollector()
+        use_config = level is None
+        with tempfile.TemporaryDirectory(prefix="pointsynth_label_") as tmp:  # the label map only, when asked for
             inference = NucleusInference(
                 self.network,
                 input=None,
-                output_dir=Path(tmp) / "out",
-                outputs=["geojson", "label"] if label else ["geojson"],
+                output_dir=Path(tmp),
+                outputs=["label"] if label else [],
                 roi=roi,
                 level=self.level if use_config else int(level),
                 mpp=self.mpp if use_config else None,
@@ -166,15 +168,15 @@ class NucleusSegmenter:
                 **self.kwargs,
             )
             with self._lock:
-                summary = inference.process(path)
-            polygons = _read_polygons(Path(summary["outputs"]["geojson"]), offset)
+                summary = inference.process(image, sinks={"polygons": collector})
             label_file = None
             if label:
                 source = Path(summary["outputs"]["label"])
-                fd, name = tempfile.mkstemp(prefix=f"{path.stem}_instances_", suffix=source.suffix)
+                stem = image.stem if isinstance(image, Path) else "region"
+                fd, name = tempfile.mkstemp(prefix=f"{stem}_instances_", suffix=source.suffix)
                 os.close(fd)
                 label_file = Path(shutil.move(source, name))
-        return Segmentation(polygons, summary, label_file)
+        return Segmentation([ring + offset for ring in collector.polygons], summary, label_file)
 
 
 def annotation_result(segmentation: Segmentation, decimals: int = 2) -> dict:
@@ -208,27 +210,11 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
-def _read_polygons(geojson: Path, offset: np.ndarray) -> list[np.ndarray]:
-    """The outer rings of a GeoJSON FeatureCollection of polygons, without the repeated closing vertex."""
-    features = json.loads(geojson.read_text(encoding="utf-8"))["features"]
-    rings = []
-    for feature in features:
-        ring = np.asarray(feature["geometry"]["coordinates"][0], dtype=np.float64)
-        if len(ring) > 1 and np.array_equal(ring[0], ring[-1]):
-            ring = ring[:-1]
-        rings.append(ring + offset)
-    return rings
-
-
-def _write_region(pixels: np.ndarray, folder: Path) -> Path:
-    """A region's pixels, ``(H, W, 3)`` or ``(3, H, W)``, as a PNG tile for :class:`NucleusInference`."""
-    from PIL import Image
-
+def _channels_last(pixels: np.ndarray) -> np.ndarray:
+    """A region's pixels as ``(H, W, C)``: MONAI Label may send ``(C, H, W)``."""
     array = np.asarray(pixels)
     if array.ndim == 3 and array.shape[0] in (3, 4) and array.shape[-1] not in (3, 4):
         array = np.moveaxis(array, 0, -1)
     if array.ndim != 3 or array.shape[-1] not in (3, 4):
         raise ValueError(f"a region must be RGB pixels (H, W, 3), got shape {array.shape}.")
-    path = folder / "region.png"
-    Image.fromarray(np.clip(array, 0, 255).astype(np.uint8)).save(path)
-    return path
+    return np.clip(array, 0, 255).astype(np.uint8) if array.dtype != np.uint8 else array
