@@ -13,12 +13,14 @@
 
 from networks.discriminator import SpectralPatchDiscriminator
 from networks.generator import MaskToImageGenerator, SPADEResBlock
+from networks.hover_unet import HoVerUNet
 from networks.mask_net import ImageToMaskNet, PreActBlock
 from networks.single_output import HoVerNetSingleOutput
 from networks.utils import maybe_spectral_norm, remove_spectral_norm
 
 __all__ = [
     "HoVerNetSingleOutput",
+    "HoVerUNet",
     "ImageToMaskNet",
     "MaskToImageGenerator",
     "PreActBlock",

@@ -42,19 +42,12 @@ def parse_configs(*files: Path, **overrides) -> ConfigParser:
     return parser
 
 
-def save_random_segmenter(path: Path, features=(16, 32, 64, 128, 256), seed: int = 0) -> Path:
-    """A bare ``ImageToMaskNet`` state dict (as train.json writes it; the shipped CPU segmenter by default) with
-    seeded weights and non-trivial BatchNorm statistics."""
-    from networks import ImageToMaskNet
+def save_random_segmenter(path: Path, seed: int = 0) -> Path:
+    """A bare state dict of the shipped segmenter (``HoVerUNet``, as train.json writes it) with seeded weights."""
+    from networks import HoVerUNet
 
     torch.manual_seed(seed)
-    state = ImageToMaskNet(features=list(features), blocks_per_stage=1).state_dict()
-    for key, value in state.items():
-        if key.endswith("running_mean"):
-            value.normal_(0.0, 0.1)
-        elif key.endswith("running_var"):
-            value.uniform_(0.5, 1.5)
-    torch.save(state, path)
+    torch.save(HoVerUNet().state_dict(), path)
     return path
 
 

@@ -10,7 +10,7 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 """MONAI transforms of the bundle: point loading and alignment, shape-prior masks, HoVer maps, random points,
-HoVer-Net post-processing to instance maps.
+stain jitter, HoVer-Net post-processing to instance maps.
 
 Public API::
 
@@ -26,9 +26,11 @@ from transforms.postprocess import (
     HoVerNetInstances,
     TensorInstances,
     TensorInstancesd,
+    sobel_range_of,
     split_output,
 )
 from transforms.random_points import PointSample, RandomPoints, RandomPointsd, load_point_prior
+from transforms.stain import RandHEDJitter, RandHEDJitterd
 
 __all__ = [
     "MONUSEG_RANGES",
@@ -47,6 +49,8 @@ __all__ = [
     "PointsToEllipseMaskd",
     "PointsToMap",
     "PointsToMapd",
+    "RandHEDJitter",
+    "RandHEDJitterd",
     "RandomPoints",
     "RandomPointsd",
     "TensorInstances",
@@ -55,5 +59,6 @@ __all__ = [
     "load_point_prior",
     "points_inside",
     "read_points",
+    "sobel_range_of",
     "split_output",
 ]

@@ -21,7 +21,10 @@ input, so the border strength, and with it the markers, depend on the extremes o
 a slide then gives each region its own normalisation. With ``hv_range`` and ``sobel_range`` set, both are normalised
 with those fixed ranges instead (clipped to [0, 1]): the result at a pixel depends only on its neighbourhood, so a
 tile segmented in pieces equals the tile segmented whole. :data:`MONUSEG_RANGES` are the medians of the per-tile
-extremes of perfect predictions (HoVer maps of the MoNuSeg training labels, 40x, Sobel kernel 21).
+extremes of perfect predictions of the shape-prior masks sampled from the 23 MoNuSeg training tiles' *points*
+(:func:`sobel_range_of`; 40x, Sobel kernel 21): no dense label is involved (the real training labels give
+(-0.146, 0.095)). Every post-processing of the project (evaluation, validation, inference, Deploy, MONAI Label) uses
+them, so that a tile is segmented the same way everywhere.
 """
 
 from __future__ import annotations
@@ -43,12 +46,37 @@ from monai.config import KeysCollection, NdarrayOrTensor
 from monai.transforms import MapTransform
 from monai.utils import HoVerNetBranch, convert_data_type
 
-__all__ = ["MONUSEG_RANGES", "HoVerNetInstances", "TensorInstances", "TensorInstancesd", "split_output"]
+__all__ = [
+    "MONUSEG_RANGES",
+    "HoVerNetInstances",
+    "TensorInstances",
+    "TensorInstancesd",
+    "sobel_range_of",
+    "split_output",
+]
 
 _NP, _HV = HoVerNetBranch.NP.value, HoVerNetBranch.HV.value
 
-SOBEL_MIN, SOBEL_MAX = -0.1433, 0.0918  # MoNuSeg training labels: medians over 23 tiles of the (h, v) extremes
+# sobel_range_of(masks sampled by PointsToEllipseMask (seed 0) from the points of the 23 MoNuSeg training tiles)
+SOBEL_MIN, SOBEL_MAX = -0.1517, 0.0892
 MONUSEG_RANGES = {"hv_range": (-1.0, 1.0), "sobel_range": (SOBEL_MIN, SOBEL_MAX)}
+
+
+def sobel_range_of(instance_maps: list[np.ndarray], sobel_kernel_size: int = 21) -> tuple[float, float]:
+    """The medians, over ``instance_maps`` (each ``(H, W)``), of the lowest and highest Sobel gradient of their
+    [0, 1]-normalised HoVer maps (horizontal gradient of h, vertical of v): the ``sobel_range`` of the fixed
+    normalisation for images at that resolution."""
+    from transforms.hv_map import HVMap
+
+    border = GenerateInstanceBorder(kernel_size=sobel_kernel_size)
+    lows, highs = [], []
+    for label in instance_maps:
+        hv = (np.asarray(HVMap()(np.asarray(label, dtype=np.int32)[None])) + 1.0) / 2.0
+        sobel_h = np.asarray(border.sobel_gradient(hv[0:1]))[1]
+        sobel_v = np.asarray(border.sobel_gradient(hv[1:2]))[0]
+        lows.append(min(sobel_h.min(), sobel_v.min()))
+        highs.append(max(sobel_h.max(), sobel_v.max()))
+    return float(np.median(lows)), float(np.median(highs))
 
 
 class HoVerNetInstances:

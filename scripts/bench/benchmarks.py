@@ -229,11 +229,12 @@ class Bench:
         self, steps: int = 8, data: str | None = None, output: str | None = None, child: bool = False
     ) -> None:
         """Training throughput of the segmenter (``cpu`` profile, pseudo masks from the real points) in fp32 against
-        bfloat16 autocast + channels-last (:class:`scripts.runtime.Bf16Autocast`), same process, interleaved.
+        bfloat16 autocast (:class:`scripts.runtime.Bf16Autocast`), without and with channels-last, same process,
+        interleaved.
 
         ``profile`` names the mode the ``cpu`` profile picks on this machine (bf16 where
-        :func:`scripts.runtime.fast_bf16` says so). As for ``synthesis``, a child process started with the allocator
-        setting repeats the measurement (``with_fast_allocator``).
+        :func:`scripts.runtime.native_bf16` says so, channels-last with AMX). As for ``synthesis``, a child process
+        started with the allocator setting repeats the measurement (``with_fast_allocator``).
         """
         import os
 
@@ -241,8 +242,14 @@ class Bench:
 
         torch.set_num_threads(2)
         trainers = {}
-        for name, amp in (("fp32", False), ("bf16_channels_last", True)):
-            parser = _parser(TRAINING_CONFIGS["segmentation"], data, training_data="pseudo", amp=amp)
+        for name, amp, channels_last in (
+            ("fp32", False, False),
+            ("bf16", True, False),
+            ("bf16_channels_last", True, True),
+        ):
+            parser = _parser(
+                TRAINING_CONFIGS["segmentation"], data, training_data="pseudo", amp=amp, channels_last=channels_last
+            )
             parser["train#handlers"] = []
             trainers[name] = (parser.get_parsed_content("train#trainer"), parser)
 
@@ -256,8 +263,9 @@ class Bench:
                 times[name].append(step_time(trainer))
         seconds = {name: min(values) for name, values in times.items()}
         parser = trainers["fp32"][1]
-        default_amp = _parser(TRAINING_CONFIGS["segmentation"], data).get_parsed_content("amp")
-        profile = "bf16_channels_last" if default_amp else "fp32"
+        default = _parser(TRAINING_CONFIGS["segmentation"], data)
+        amp, channels_last = default.get_parsed_content("amp"), default.get_parsed_content("channels_last")
+        profile = ("bf16_channels_last" if channels_last else "bf16") if amp else "fp32"
         result = {
             "machine": _machine(),
             "fast_allocator": FAST_ALLOCATOR in os.environ.get("GLIBC_TUNABLES", ""),
@@ -560,11 +568,11 @@ class Bench:
 def _cpu_segmenter(model_path: str | Path | None, seed: int = 0) -> tuple[torch.nn.Module, str]:
     """The ``cpu`` profile's segmenter with ``model_path``'s weights (default ``bundle/models/model.pt`` if present),
     else seeded random weights."""
-    from networks import ImageToMaskNet
+    from networks import HoVerUNet
     from scripts.engines.checkpoint import load_network_weights
 
     torch.manual_seed(seed)
-    network = ImageToMaskNet(features=[16, 32, 64, 128, 256], blocks_per_stage=1)
+    network = HoVerUNet()
     path = Path(model_path) if model_path else REPO / "bundle" / "models" / "model.pt"
     if model_path or path.is_file():
         return load_network_weights(network, path, what="segmentation model"), str(path)

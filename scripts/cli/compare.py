@@ -22,10 +22,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from scripts.cli.pipeline import CONFIGS, run_workflow
 from scripts.data.atomic import atomic_path
 from scripts.engines.checkpoint import latest_checkpoint
-from scripts.evaluation.evaluate import format_comparison
+from scripts.evaluation.evaluate import COLUMN_LABELS, format_comparison
 
 __all__ = ["ROWS", "coherence", "compare"]
 
@@ -50,40 +52,83 @@ def compare(
     output: str = "runs/compare",
     profile: str = "cpu",
     rows: str | tuple = tuple(ROWS),
+    seeds: str | int | tuple = "0",
     gan_a: str | None = None,
     gan_c: str | None = None,
     gan_checkpoint: str = "best",
     masks_per_tile: int = 2,
     draws_per_mask: int = 2,
     random_tiles: int = 92,
-    seed: int = 0,
 ) -> None:
-    """Train and evaluate the rows of the comparison with the ``profile`` settings.
+    """Train and evaluate the rows of the comparison with the ``profile`` settings, once per seed.
 
-    Writes ``comparison.md`` and ``comparison.json`` (mean and std of every metric per row) into ``output``.
+    Writes ``comparison.md`` and ``comparison.json`` into ``output``: per row, the mean over seeds of the per-seed
+    means over the validation tiles, the spread across seeds (max - min) and each seed's value, and the minutes per
+    seed of the segmenter (training + evaluation). Each seed's runs and its own table are in ``output/seed<k>/``.
 
     Args:
         data: labelled data folder with ``split.json`` (training tiles: images + points; validation: labels too).
-        output: results folder: ``<row>/`` (segmentation run and ``evaluation/``), ``gan_a``/``gan_c``,
-            ``synthetic_<a|c>_<real|random>``, ``comparison.md``.
+        output: results folder: ``seed<k>/<row>/`` (segmentation run and ``evaluation/``), ``seed<k>/gan_a``,
+            ``seed<k>/gan_c``, ``seed<k>/synthetic_<a|c>_<real|random>``, ``comparison.md``.
         profile: ``cpu`` or ``smoke``: the ``train_synthesis_<profile>.json`` and ``train_<profile>.json`` files.
         rows: comma-separated row ids among ``upper, pseudo, a_real, c_real, c_random, c_real_pseudo`` (the last:
             the synthetic pairs of ``c_real`` and the pseudo-mask tiles of ``pseudo`` together, not the paper's).
-        gan_a, gan_c: finished GAN run folders to use as they are; by default ``output/gan_a`` and ``output/gan_c``,
-            trained there (or resumed) with the ``profile`` settings first.
+        seeds: comma-separated seeds (e.g. ``0,1``): every stage of every row runs once per seed. A difference between
+            rows smaller than the seed spread is not a result.
+        gan_a, gan_c: finished GAN run folders to use as they are (for every seed); by default
+            ``output/seed<k>/gan_a`` and ``gan_c``, trained there (or resumed) with the ``profile`` settings first.
         gan_checkpoint: which ``G`` renders the synthetic pairs: ``best`` (the run's ``best.pt``, picked by point F1
             and stain distance) or ``last`` (its newest ``checkpoints/checkpoint_<iteration>.pt``). Rows already
             evaluated in ``output`` are reused as they are: compare the two in separate ``output`` folders.
         masks_per_tile, draws_per_mask: synthetic pairs per real point set (23 tiles x 2 x 2 = 92 pairs).
         random_tiles: fully random point sets (one mask, one image each).
-        seed: seed of every stage.
     """
     selected = [r.strip() for r in rows.split(",")] if isinstance(rows, str) else list(rows)
     unknown = [r for r in selected if r not in ROWS]
     if unknown:
         raise SystemExit(f"error: unknown rows {unknown}; choose among {list(ROWS)}")
+    seed_list = _seeds(seeds)
     _check_gan_checkpoint(gan_checkpoint)
     out = Path(output)
+    per_seed: dict[int, dict[str, dict]] = {}
+    for seed in seed_list:
+        per_seed[seed] = _compare_seed(
+            data, out / f"seed{seed}", profile, selected, seed, gan_a, gan_c, gan_checkpoint,
+            (masks_per_tile, draws_per_mask), random_tiles,
+        )  # fmt: skip
+    _write_seed_table(out / "comparison", f"Comparison on the validation tiles of {data} ({profile} profile)", per_seed)
+
+
+def _seeds(seeds: str | int | tuple) -> list[int]:
+    values = (
+        [s.strip() for s in seeds.split(",")]
+        if isinstance(seeds, str)
+        else list(seeds)
+        if isinstance(seeds, (list, tuple))
+        else [seeds]
+    )
+    try:
+        parsed = [int(s) for s in values if str(s) != ""]
+    except ValueError:
+        raise SystemExit(f"error: seeds must be comma-separated integers, e.g. 0,1; got {seeds!r}") from None
+    if not parsed or len(set(parsed)) != len(parsed):
+        raise SystemExit(f"error: seeds must be distinct integers, e.g. 0,1; got {seeds!r}")
+    return parsed
+
+
+def _compare_seed(
+    data: str,
+    out: Path,
+    profile: str,
+    selected: list[str],
+    seed: int,
+    gan_a: str | None,
+    gan_c: str | None,
+    gan_checkpoint: str,
+    counts_per_tile: tuple[int, int],
+    random_tiles: int,
+) -> dict[str, dict]:
+    """The rows of one seed in ``out``; returns ``{row name: {"metrics": metrics.json, "minutes": segmenter}}``."""
     gan_dirs = {
         "ablation_a_cyclegan.json": Path(gan_a or out / "gan_a"),
         "ablation_c_full.json": Path(gan_c or out / "gan_c"),
@@ -95,7 +140,7 @@ def compare(
     for row in selected:
         name, training_data, ablation, points = ROWS[row]
         row_dir = out / row
-        metrics = row_dir / "evaluation" / "metrics.json"
+        metrics, timing = row_dir / "evaluation" / "metrics.json", row_dir / "timing.json"
         seg = {"output_dir": str(row_dir), "model_path": str(row_dir / "model.pt"), "training_data": training_data}
         if training_data == "dense":
             seg["key_metric"] = "aji"  # the upper bound may select on labels; every other row selects on points
@@ -111,7 +156,7 @@ def compare(
                     run_workflow(f"{row}: GAN", "training", gan_files, output_dir=str(gan_dir), **common)
                 synthetic_dir = out / f"synthetic_{ablation.split('_')[1]}_{points}"  # shared by rows
                 generator = _generator_checkpoint(gan_dir, gan_checkpoint)
-                counts = (1, 1) if points == "random" else (masks_per_tile, draws_per_mask)
+                counts = (1, 1) if points == "random" else counts_per_tile
                 run_workflow(
                     f"{row}: synthesize",
                     "synthesize",
@@ -126,17 +171,25 @@ def compare(
                     **common,
                 )
                 seg["synthetic_datalist"] = str(synthetic_dir / "datalist.json")
-            run_workflow(f"{row}: segmenter", "training", seg_files, **seg, **common)
-            run_workflow(
-                f"{row}: evaluate",
+            seconds = run_workflow(f"{row} (seed {seed}): segmenter", "training", seg_files, **seg, **common)
+            seconds += run_workflow(
+                f"{row} (seed {seed}): evaluate",
                 "evaluating",
                 [*seg_files, CONFIGS / "evaluate.json"],
                 eval_dir=str(row_dir / "evaluation"),
                 **seg,
                 **common,
             )
-        results[name] = json.loads(metrics.read_text())
-    _write_table(out / "comparison", f"Comparison on the validation tiles of {data} ({profile} profile)", results)
+            with atomic_path(timing) as tmp:  # a resumed row's minutes count only its last part
+                tmp.write_text(json.dumps({"segmenter_minutes": round(seconds / 60, 2)}) + "\n")
+        minutes = json.loads(timing.read_text())["segmenter_minutes"] if timing.is_file() else None
+        results[name] = {"metrics": json.loads(metrics.read_text()), "minutes": minutes}
+    _write_table(
+        out / "comparison",
+        f"Comparison on the validation tiles of {data} ({profile} profile, seed {seed})",
+        {k: v["metrics"] for k, v in results.items()},
+    )
+    return results
 
 
 def coherence(
@@ -151,7 +204,7 @@ def coherence(
     """Mask-image coherence: does a segmenter trained on real data find the nuclei of ``S`` in ``G(S)``?
 
     For every GAN, one mask is sampled from each *validation* tile's points and rendered once; the upper-bound
-    segmenter (``model``, default ``output/upper/model.pt`` from :func:`compare`) segments the images, scored
+    segmenter (``model``, default ``output/seed0/upper/model.pt`` from :func:`compare`) segments the images, scored
     against ``S`` (object Dice, pixel F1, AJI, ...). Writes ``coherence.md`` / ``.json`` into ``output``.
 
     Args:
@@ -161,7 +214,7 @@ def coherence(
     """
     ablations = {"a": "ablation_a_cyclegan.json", "b": "ablation_b_noise.json", "c": "ablation_c_full.json"}
     out = Path(output)
-    model_path = Path(model or out / "upper" / "model.pt")
+    model_path = Path(model or out / "seed0" / "upper" / "model.pt")
     if not model_path.is_file():
         raise SystemExit(f"error: {model_path}: no upper-bound model; run `compare --rows upper` first")
     _check_gan_checkpoint(gan_checkpoint)
@@ -227,4 +280,46 @@ def _write_table(stem: Path, title: str, results: dict[str, dict]) -> None:
         tmp.write_text(f"# {title}\n\n{table}\n")
     with atomic_path(stem.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps({k: {"mean": v["mean"], "std": v["std"]} for k, v in results.items()}, indent=2))
+    print(table)
+
+
+def _write_seed_table(stem: Path, title: str, per_seed: dict[int, dict[str, dict]]) -> None:
+    """``<stem>.md`` / ``.json``: per row, the mean over seeds of each metric's per-seed mean over tiles, the spread
+    across seeds (max - min), each seed's AJI and the segmenter's minutes per seed."""
+    seeds = list(per_seed)
+    names = list(per_seed[seeds[0]])
+    summary: dict[str, dict] = {}
+    for name in names:
+        means = [per_seed[s][name]["metrics"]["mean"] for s in seeds]
+        metrics = {m: [float(x[m]) for x in means] for m in means[0] if all(m in x for x in means)}
+        minutes = [per_seed[s][name]["minutes"] for s in seeds]
+        summary[name] = {
+            "seeds": seeds,
+            "mean": {m: float(np.mean(v)) for m, v in metrics.items()},
+            "spread": {m: float(np.max(v) - np.min(v)) for m, v in metrics.items()},
+            "per_seed": metrics,
+            "minutes_per_seed": minutes,
+        }
+    columns = [
+        c for c in ("aji", "pq", "point_f1", "pixel_iou", "pixel_f1", "object_dice") if c in summary[names[0]]["mean"]
+    ]
+    header = ["training data", "AJI", "AJI spread", *(f"AJI seed {s}" for s in seeds)]
+    header += [COLUMN_LABELS.get(c, c) for c in columns if c != "aji"] + ["minutes / seed"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, row in summary.items():
+        cells = [name, f"{row['mean']['aji']:.3f}", f"{row['spread']['aji']:.3f}"]
+        cells += [f"{v:.3f}" for v in row["per_seed"]["aji"]]
+        cells += [f"{row['mean'][c]:.3f}" for c in columns if c != "aji"]
+        known = [m for m in row["minutes_per_seed"] if m is not None]
+        cells.append(f"{np.mean(known):.1f}" if known else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    table = "\n".join(lines) + "\n"
+    note = (
+        f"Seeds {', '.join(map(str, seeds))}: each cell is the mean over seeds of the mean over the validation tiles; "
+        "AJI spread is max - min across seeds. A difference between rows smaller than the spread is not a result."
+    )
+    with atomic_path(stem.with_suffix(".md")) as tmp:
+        tmp.write_text(f"# {title}\n\n{note}\n\n{table}")
+    with atomic_path(stem.with_suffix(".json")) as tmp:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
     print(table)

@@ -48,7 +48,9 @@ from scripts.engines.checkpoint import load_network_weights
 
 __all__ = [
     "CODE_PACKAGES",
+    "EXPORT_MARKER",
     "INFERENCE_CONFIGS",
+    "is_export",
     "SCHEMA",
     "code_closure",
     "SCHEMA_MD5",
@@ -68,6 +70,8 @@ INFERENCE_CONFIGS = (
     "logging.conf",
 )
 APP_MODULES = ("scripts.apps.deploy_app", "scripts.apps.label_app.main")
+EXPORT_MARKER = ".pointsynth-export"  # written into every exported folder: `--overwrite` replaces only such folders
+_EXPORT_TOP_LEVEL = {"configs", "models", "docs", "LICENSE", "transforms", "networks", "scripts", EXPORT_MARKER}
 SCHEMA = "schema/meta_schema_20240725.json"  # under configs/: MONAI's bundle metadata schema, verbatim
 SCHEMA_MD5 = "76e1add273836515d0bbb3bc71962474"
 EMBEDDED_CONFIGS = ("inference.json", "deploy.json")  # inside model.ts: what MonaiBundleInferenceOperator parses
@@ -91,7 +95,10 @@ def export_bundle(
         output: the bundle folder to create.
         zip_file: also write ``<output>.zip`` (one top folder named like ``output``).
         config_file: override files merged over ``inference.json`` (e.g. ``inference_hovernet.json``).
-        overwrite: replace an existing ``output`` (and zip); otherwise an existing one is an error.
+        overwrite: replace an existing ``output`` (and zip) that an earlier export wrote (recognised by its
+            :data:`EXPORT_MARKER` file, or by ``configs/inference.json`` + ``models/model.pt`` + ``models/model.ts``
+            and nothing else at its top level but what an export writes); any other folder or file is refused, so
+            that no user file is ever deleted.
 
     Returns:
         the bundle folder.
@@ -107,6 +114,13 @@ def export_bundle(
     existing = [str(p) for p in targets if p.exists()]
     if existing and not overwrite:
         raise ExportError(f"{', '.join(existing)} already exist(s); pass --overwrite to replace.")
+    if output.exists() and not is_export(output):
+        raise ExportError(
+            f"{output} exists and is not a bundle folder written by `export`; --overwrite only replaces an earlier "
+            "export. Choose another --output (nothing was deleted)."
+        )
+    if zip_file and archive.exists() and not _is_export_zip(archive, output.name):
+        raise ExportError(f"{archive} exists and is not an exported bundle zip; choose another --output.")
     overrides = [Path(f) for f in ([config_file] if isinstance(config_file, str) else list(config_file or []))]
     missing = [str(f) for f in overrides if not f.is_file()]
     if missing:
@@ -139,6 +153,24 @@ def export_bundle(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp_zip.unlink(missing_ok=True)
     return output
+
+
+def is_export(folder: Path) -> bool:
+    """Whether ``folder`` is a bundle folder that :func:`export_bundle` wrote (so ``--overwrite`` may replace it)."""
+    if not folder.is_dir() or folder.resolve() in (REPO.resolve(), *REPO.resolve().parents):
+        return False
+    if (folder / EXPORT_MARKER).is_file():
+        return True
+    required = ("configs/inference.json", "models/model.pt", "models/model.ts")
+    return all((folder / f).is_file() for f in required) and {p.name for p in folder.iterdir()} <= _EXPORT_TOP_LEVEL
+
+
+def _is_export_zip(archive: Path, name: str) -> bool:
+    try:
+        with zipfile.ZipFile(archive) as z:
+            return f"{name}/models/model.ts" in z.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def _network_def(config: dict) -> torch.nn.Module:
@@ -240,6 +272,7 @@ def _write_folder(root: Path, src: Path, config: dict, network: torch.nn.Module)
         shutil.copy2(path, target)
     shutil.copy2(REPO / "scripts" / "apps" / "label_app" / ".gitignore", root / "scripts" / "apps" / "label_app")
 
+    (root / EXPORT_MARKER).write_text("written by `python -m scripts export`; --overwrite may replace this folder\n")
     (root / "models").mkdir()
     torch.save(network.state_dict(), root / "models" / "model.pt")
     _export_torchscript(root, network)

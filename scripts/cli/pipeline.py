@@ -41,11 +41,16 @@ REPO = CODE_ROOT
 CONFIGS = REPO / "bundle" / "configs"
 SAMPLE = REPO / "bundle" / "sample_data"
 
-#: profile -> (synthesis override file, segmentation override file, synthesize overrides)
+#: profile -> (synthesis override files, segmentation override files, synthesize overrides); ``tiny`` is the ``cpu``
+#: segmenter recipe with a shorter schedule on smaller crops
 PROFILES = {
-    "tiny": ("train_synthesis_tiny.json", "train_tiny.json", {"masks_per_tile": 2, "draws_per_mask": 2}),
-    "cpu": ("train_synthesis_cpu.json", "train_cpu.json", {"masks_per_tile": 2, "draws_per_mask": 2}),
-    "smoke": ("train_synthesis_smoke.json", "train_smoke.json", {"masks_per_tile": 1, "draws_per_mask": 1}),
+    "tiny": (
+        ("train_synthesis_tiny.json",),
+        ("train_cpu.json", "train_tiny.json"),
+        {"masks_per_tile": 2, "draws_per_mask": 2},
+    ),
+    "cpu": (("train_synthesis_cpu.json",), ("train_cpu.json",), {"masks_per_tile": 2, "draws_per_mask": 2}),
+    "smoke": (("train_synthesis_smoke.json",), ("train_smoke.json",), {"masks_per_tile": 1, "draws_per_mask": 1}),
 }
 
 
@@ -79,8 +84,8 @@ def pipeline(
     runtime.configure(fast_allocator=profile != "smoke")
     gan_profile, seg_profile, synth = PROFILES[profile]
     common = {"data_dir": str(data_dir), "seed": seed}
-    gan_files = [CONFIGS / "train_synthesis.json", CONFIGS / gan_profile]
-    seg_files = [CONFIGS / "train.json", CONFIGS / seg_profile]
+    gan_files = [CONFIGS / "train_synthesis.json", *(CONFIGS / f for f in gan_profile)]
+    seg_files = [CONFIGS / "train.json", *(CONFIGS / f for f in seg_profile)]
     gan_dir, synthetic_dir = out / "gan", out / "synthetic"
     seg_dir, model_path = out / "segmentation", out / "segmentation" / "model.pt"
     timings = {}

@@ -271,6 +271,7 @@ class NucleusInference:
         margin: context around each core in px; it must exceed ``roi_size * overlap`` + the largest nucleus radius.
         roi_size, overlap, sw_batch_size: sliding window of the network.
         amp: bfloat16 autocast.
+        flip_tta: flip test-time augmentation (:class:`~scripts.inference.predict.TilePredictor`; 4x the network).
         tissue: skip the background regions of slides (tiles are always processed whole).
         tissue_threshold: saturation threshold (``None``: Otsu on the thumbnail, clipped to [0.04, 0.15]).
         workers: post-processing threads running beside the network (0: inline).
@@ -301,6 +302,7 @@ class NucleusInference:
         overlap: float = 0.25,
         sw_batch_size: int = 4,
         amp: bool = False,
+        flip_tta: bool = False,
         tissue: bool = True,
         tissue_threshold: float | None = None,
         workers: int = 1,
@@ -333,6 +335,7 @@ class NucleusInference:
                 sw_batch_size=sw_batch_size,
                 overlap=self.overlap,
                 amp=as_bool(amp, "amp"),
+                flip_tta=as_bool(flip_tta, "flip_tta"),
             )
             if network is not None
             else None

@@ -22,7 +22,7 @@ from monai.utils import HoVerNetBranch
 
 from scripts.data.images import load_tile
 from scripts.runtime import bf16_autocast
-from transforms import HoVerNetInstances, split_output
+from transforms import MONUSEG_RANGES, HoVerNetInstances, split_output
 
 __all__ = ["TilePredictor"]
 
@@ -39,8 +39,11 @@ class TilePredictor:
         sw_batch_size: windows per forward pass.
         overlap: sliding-window overlap.
         intensity_range: the network's input range; [0, 255] pixels are mapped linearly onto it.
-        postprocessing: instance post-processing of ``(np_logits, hv)`` (default :class:`HoVerNetInstances`).
+        postprocessing: instance post-processing of ``(np_logits, hv)`` (default :class:`HoVerNetInstances` with the
+            fixed normalisation :data:`~transforms.MONUSEG_RANGES`, as inference, Deploy and MONAI Label).
         amp: run under bfloat16 autocast.
+        flip_tta: test-time augmentation: also run the image flipped horizontally, vertically and both, flip the
+            outputs back (negating the HoVer map of each flipped axis) and average them (4x the network cost).
     """
 
     def __init__(
@@ -52,13 +55,15 @@ class TilePredictor:
         intensity_range: Sequence[float] = (0.0, 1.0),
         postprocessing: Callable | None = None,
         amp: bool = False,
+        flip_tta: bool = False,
     ) -> None:
         self.network = network
+        self.flips: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1)) if flip_tta else ((),)
         self.inferer = SlidingWindowInferer(
             roi_size=roi_size, sw_batch_size=sw_batch_size, overlap=overlap, mode="gaussian"
         )
         self.b_min, self.b_max = float(intensity_range[0]), float(intensity_range[1])
-        self.postprocessing = postprocessing if postprocessing is not None else HoVerNetInstances()
+        self.postprocessing = postprocessing if postprocessing is not None else HoVerNetInstances(**MONUSEG_RANGES)
         self.amp = amp
 
     def outputs(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -67,14 +72,24 @@ class TilePredictor:
         x = image[None].to(device, torch.float32) * ((self.b_max - self.b_min) / 255.0) + self.b_min
         training = self.network.training
         self.network.eval()
+        total: dict[str, torch.Tensor] = {}
         try:
-            with torch.no_grad(), bf16_autocast(device, self.amp):
-                output = self.inferer(x, self.network)
+            for dims in self.flips:
+                with torch.no_grad(), bf16_autocast(device, self.amp):
+                    output = self.inferer(x.flip(dims) if dims else x, self.network)
+                if isinstance(output, torch.Tensor):
+                    output = split_output(output)
+                for key in _BRANCHES:
+                    value = output[key].float()
+                    if dims:
+                        value = value.flip(dims)
+                        if key == HoVerNetBranch.HV.value:  # channel 0: horizontal (x, dim -1); 1: vertical (y, -2)
+                            sign = torch.tensor([-1.0 if -1 in dims else 1.0, -1.0 if -2 in dims else 1.0])
+                            value = value * sign.to(value.device).view(1, 2, 1, 1)
+                    total[key] = total[key] + value if key in total else value
         finally:
             self.network.train(training)
-        if isinstance(output, torch.Tensor):
-            output = split_output(output)
-        return {k: v[0].float().cpu() for k, v in output.items() if k in _BRANCHES}
+        return {k: (v / len(self.flips))[0].cpu() for k, v in total.items()}
 
     def __call__(self, image: torch.Tensor) -> np.ndarray:
         """(H, W) int32 instance map of one (3, H, W) image in [0, 255]."""

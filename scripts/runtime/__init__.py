@@ -11,6 +11,14 @@
 # limitations under the License.
 """Process-level concerns of every entry point: threads, the allocator setting, mixed precision, multi-process runs."""
 
-from scripts.runtime.process import FAST_ALLOCATOR, NO_REEXEC, Bf16Autocast, bf16_autocast, configure, fast_bf16
+from scripts.runtime.process import (
+    FAST_ALLOCATOR,
+    NO_REEXEC,
+    Bf16Autocast,
+    bf16_autocast,
+    configure,
+    fast_bf16,
+    native_bf16,
+)
 
-__all__ = ["FAST_ALLOCATOR", "NO_REEXEC", "Bf16Autocast", "bf16_autocast", "configure", "fast_bf16"]
+__all__ = ["FAST_ALLOCATOR", "NO_REEXEC", "Bf16Autocast", "bf16_autocast", "configure", "fast_bf16", "native_bf16"]

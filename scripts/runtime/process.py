@@ -20,7 +20,7 @@ import sys
 import torch
 from monai.utils import convert_to_tensor
 
-__all__ = ["FAST_ALLOCATOR", "Bf16Autocast", "bf16_autocast", "configure", "fast_bf16"]
+__all__ = ["FAST_ALLOCATOR", "Bf16Autocast", "bf16_autocast", "configure", "fast_bf16", "native_bf16"]
 
 # glibc keeps freed memory instead of returning it to the kernel: 1.6-3x faster CPU training (ENVIRONMENT.md).
 FAST_ALLOCATOR = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"
@@ -66,6 +66,17 @@ def fast_bf16(device: str | torch.device) -> bool:
     if device.type == "cpu":
         return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
     return False
+
+
+def native_bf16(device: str | torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 in hardware: a CUDA device with bf16 support, or a CPU with AMX tiles or
+    AVX512-BF16 instructions (e.g. AMD Zen 4). Wider networks (the ``cpu`` segmenter, 32 channels at full
+    resolution) train ~1.45x faster in bf16 on AVX512-BF16 alone (``bench segmentation``), where the small GAN
+    networks do not gain (:func:`fast_bf16`)."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return fast_bf16(device) or bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
+    return fast_bf16(device)
 
 
 def bf16_autocast(device: str | torch.device, enabled: bool = True) -> torch.autocast:

@@ -33,9 +33,19 @@ from monai.utils import ensure_tuple
 from PIL import Image
 from torch import nn
 
-from networks import HoVerNetSingleOutput, ImageToMaskNet
+from networks import HoVerNetSingleOutput, HoVerUNet
 from scripts.__main__ import _commands
-from scripts.cli.export import INFERENCE_CONFIGS, SCHEMA, SCHEMA_MD5, ExportError, code_closure, export, export_bundle
+from scripts.cli.export import (
+    EXPORT_MARKER,
+    INFERENCE_CONFIGS,
+    SCHEMA,
+    SCHEMA_MD5,
+    ExportError,
+    code_closure,
+    export,
+    export_bundle,
+    is_export,
+)
 from scripts.engines.checkpoint import load_network_weights
 from scripts.inference.predict import TilePredictor
 from tests.helpers import REPO, save_random_segmenter
@@ -45,7 +55,6 @@ CONFIGS = REPO / "bundle" / "configs"
 META = CONFIGS / "metadata.json"
 INFERENCE = CONFIGS / "inference.json"
 TILES = sorted((REPO / "bundle" / "sample_data" / "images").glob("*.png"))
-FEATURES = [16, 32, 64, 128, 256]
 NP, HV = "nucleus_prediction", "horizontal_vertical"
 ENV = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"OMP_NUM_THREADS": "1"}
 
@@ -119,7 +128,7 @@ def test_ckpt_export_cli_matches_eager(monai_cli, weights):
     with zipfile.ZipFile(ts) as z:
         assert {"model/extra/metadata.json", "model/extra/inference.json"} <= set(z.namelist())
     scripted, eager = torch.jit.load(str(ts)).eval(), _eager(weights)
-    bare = load_network_weights(ImageToMaskNet(features=FEATURES, blocks_per_stage=1), weights).eval()
+    bare = load_network_weights(HoVerUNet(), weights).eval()
     for size in (64, 256):
         x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(size))
         with torch.no_grad():
@@ -221,7 +230,8 @@ def test_exported_bundle_works_without_the_repository(exported, weights, tmp_pat
 
 def test_export_bad_input_leaves_nothing(weights, tmp_path, monkeypatch, capsys):
     assert _commands()["export"] is export
-    bad = save_random_segmenter(tmp_path / "other.pt", features=(8, 16, 32, 64, 128))
+    bad = tmp_path / "other.pt"
+    torch.save(HoVerUNet(features=(8, 16, 32, 64, 128, 8)).state_dict(), bad)
     with pytest.raises(SystemExit) as stop:  # python -m scripts export --model other.pt --output dist/b
         export(model=str(bad), output=str(tmp_path / "dist" / "b"), zip=True)
     assert stop.value.code == 2
@@ -241,6 +251,23 @@ def test_export_bad_input_leaves_nothing(weights, tmp_path, monkeypatch, capsys)
     (tmp_path / "dist" / "b").mkdir()
     with pytest.raises(ExportError, match="--overwrite"):
         export_bundle(weights, tmp_path / "dist" / "b")
+
+
+def test_overwrite_replaces_only_an_earlier_export(exported, weights, tmp_path):
+    """``--overwrite`` never deletes a user's folder (or the repository): only a folder an export wrote."""
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "my_notes.txt").write_text("years of work")
+    for target in (notes, REPO, Path(".")):
+        with pytest.raises(ExportError, match="not a bundle folder written by `export`"):
+            export_bundle(weights, target, overwrite=True)
+    assert (notes / "my_notes.txt").read_text() == "years of work" and (REPO / "README.md").is_file()
+    assert is_export(exported) and (exported / EXPORT_MARKER).is_file()
+    again = tmp_path / "again"
+    shutil.copytree(exported, again)
+    (again / "models" / "model.ts").write_bytes(b"stale")
+    export_bundle(weights, again, overwrite=True)
+    assert (again / "models" / "model.ts").read_bytes() != b"stale"
 
 
 class _Oracle(nn.Module):
@@ -275,8 +302,8 @@ def test_single_tensor_wrapper_round_trip():
     assert expected.max() > 20  # a real instance map, not an empty one
     np.testing.assert_array_equal(got, expected)
     # the state dict is the wrapped network's: weights load both ways
-    net = ImageToMaskNet(features=FEATURES, blocks_per_stage=1)
-    wrapper = HoVerNetSingleOutput(ImageToMaskNet(features=FEATURES, blocks_per_stage=1))
+    net = HoVerUNet()
+    wrapper = HoVerNetSingleOutput(HoVerUNet())
     assert list(wrapper.state_dict()) == list(net.state_dict())
     wrapper.load_state_dict(net.state_dict())
     net.load_state_dict(wrapper.state_dict())

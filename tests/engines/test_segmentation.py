@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -23,7 +24,7 @@ import torch
 from monai.bundle import ConfigParser
 from PIL import Image
 
-from networks import HoVerNetSingleOutput, ImageToMaskNet
+from networks import HoVerNetSingleOutput, HoVerUNet, ImageToMaskNet
 from scripts.cli.pipeline import pipeline
 from scripts.data.datalist import PrepareError
 from scripts.engines.checkpoint import list_checkpoints
@@ -119,14 +120,47 @@ def test_bf16_autocast_keeps_the_networks_weights_and_float32_outputs():
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in net.parameters())
 
 
-def test_cpu_profile_trains_in_bf16_only_where_it_is_fast(monkeypatch):
-    for amx, expected in ((True, True), (False, False)):
+def test_cpu_profile_trains_in_bf16_where_the_cpu_computes_it(monkeypatch):
+    """bf16 with AMX or AVX512-BF16 (channels-last with AMX only), fp32 elsewhere."""
+    for amx, avx512_bf16, amp, channels_last in (
+        (True, True, True, True),
+        (False, True, True, False),
+        (False, False, False, False),
+    ):
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
         parser = parse_configs(TRAIN, CONFIGS / "train_cpu.json", device="$torch.device('cpu')")
-        assert parser.get_parsed_content("amp") is expected and parser.get_parsed_content("channels_last") is expected
-        assert isinstance(parser.get_parsed_content("train_network"), Bf16Autocast) is expected
+        assert parser.get_parsed_content("amp") is amp
+        assert parser.get_parsed_content("channels_last") is channels_last
+        assert isinstance(parser.get_parsed_content("train_network"), Bf16Autocast) is amp
         assert parser.get_parsed_content("train#trainer#amp") is False  # MONAI's own amp is CUDA autocast only
     assert parse_configs(TRAIN, SMOKE).get_parsed_content("amp") is False  # tests stay fp32 everywhere
+
+
+def test_cpu_profile_recipe(tmp_path):
+    """The ``cpu`` segmenter: MONAI BasicUNet with HoVer outputs, Adam with a cosine schedule that ends at 0, rot90 /
+    flip augmentation without resampling, HED stain jitter; it trains on the embedded sample."""
+    parser = parse_configs(
+        TRAIN, CONFIGS / "train_cpu.json", data_dir=str(SAMPLE), training_data="pseudo", iterations=6,
+        epoch_length=3, val_interval=2, crop_size=64, output_dir=str(tmp_path / "run"), amp=False,
+        device="$torch.device('cpu')",
+    )  # fmt: skip
+    assert isinstance(parser.get_parsed_content("network_def"), HoVerUNet)
+    optimizer, scheduler = parser.get_parsed_content("optimizer"), parser.get_parsed_content("lr_scheduler")
+    lrs = []
+    for _ in range(6):
+        optimizer.step()
+        scheduler.step()
+        lrs.append(optimizer.param_groups[0]["lr"])
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-12) and all(a > b for a, b in itertools.pairwise(lrs))
+    names = [type(t).__name__ for t in parser.get_parsed_content("train#preprocessing").transforms]
+    assert "RandHEDJitterd" in names and "RandAffined" not in names and "RandRotate90d" in names
+    batch = next(iter(parser.get_parsed_content("train#dataloader")))
+    assert batch["image"].shape == (4, 3, 64, 64) and batch["hv_label"].shape == (4, 2, 64, 64)
+    parser.get_parsed_content("initialize")
+    parser.get_parsed_content("training")
+    assert parser.get_parsed_content("train#trainer").state.iteration == 6
+    assert (tmp_path / "run" / "model.pt").is_file()
 
 
 # --- the workflow ------------------------------------------------------------------------------------------
@@ -296,28 +330,43 @@ def test_compare_and_coherence_write_their_tables(tmp_path):
 
     out = tmp_path / "compare"
     compare(data=str(SAMPLE), output=str(out), profile="smoke", rows="upper,c_real,c_real_pseudo")
-    table = (out / "comparison.md").read_text()
+    seed0 = out / "seed0"
+    table = (seed0 / "comparison.md").read_text()
     assert "| upper bound: real images + dense labels | 1 |" in table and "| (c) ours, real points | 1 |" in table
     assert "| (c) ours, real points, + pseudo masks on the real images | 1 |" in table
-    assert sorted(p.name for p in out.glob("synthetic_*")) == ["synthetic_c_real"]  # the two (c) rows share it
-    scores = json.loads((out / "comparison.json").read_text())
-    upper = json.loads((out / "upper" / "evaluation" / "metrics.json").read_text())
-    assert scores["upper bound: real images + dense labels"]["mean"] == upper["mean"]
-    synthetic = json.loads((out / "synthetic_c_real" / "datalist.json").read_text())["training"]
+    assert sorted(p.name for p in seed0.glob("synthetic_*")) == ["synthetic_c_real"]  # the two (c) rows share it
+    upper = json.loads((seed0 / "upper" / "evaluation" / "metrics.json").read_text())
+    scores = json.loads((out / "comparison.json").read_text())["upper bound: real images + dense labels"]
+    assert scores["mean"] == pytest.approx(upper["mean"]) and scores["spread"]["aji"] == 0.0
+    assert scores["minutes_per_seed"][0] > 0
+    synthetic = json.loads((seed0 / "synthetic_c_real" / "datalist.json").read_text())["training"]
     assert len(synthetic) == 3 * 2 * 2  # 3 training tiles x 2 masks x 2 draws
-    coherence(data=str(SAMPLE), output=str(out), profile="smoke", gans=f"c={out / 'gan_c'}")
+
+    # two seeds: seed 0's row is reused, seed 1 trains; the table gives the mean over seeds and their spread
+    compare(data=str(SAMPLE), output=str(out), profile="smoke", rows="upper", seeds=(0, 1))
+    other = json.loads((out / "seed1" / "upper" / "evaluation" / "metrics.json").read_text())["mean"]["aji"]
+    scores = json.loads((out / "comparison.json").read_text())["upper bound: real images + dense labels"]
+    assert scores["per_seed"]["aji"] == pytest.approx([upper["mean"]["aji"], other])
+    assert scores["mean"]["aji"] == pytest.approx((upper["mean"]["aji"] + other) / 2)
+    assert scores["spread"]["aji"] == pytest.approx(abs(upper["mean"]["aji"] - other))
+    assert "AJI seed 1" in (out / "comparison.md").read_text()
+    with pytest.raises(SystemExit, match="seeds must be"):
+        compare(data=str(SAMPLE), output=str(out), profile="smoke", rows="upper", seeds="0,zero")
+    coherence(data=str(SAMPLE), output=str(out), profile="smoke", gans=f"c={seed0 / 'gan_c'}")
     result = json.loads((out / "coherence.json").read_text())["(c) ablation_c_full"]
     assert 0.0 <= result["mean"]["object_dice"] <= 1.0
     # G(S) of the single validation tile, scored against S itself
     names = json.loads((out / "coherence_c" / "evaluation" / "metrics.json").read_text())["per_image"]
     assert list(names) == ["TCGA-G9-6336-01Z-00-DX1_y500_x200_m0_z0"]
     # the run's newest checkpoint instead of best.pt, under a suffixed name
-    coherence(data=str(SAMPLE), output=str(out), profile="smoke", gans=f"c_last={out / 'gan_c'}", gan_checkpoint="last")
+    gans = f"c_last={seed0 / 'gan_c'}"
+    coherence(data=str(SAMPLE), output=str(out), profile="smoke", gans=gans, gan_checkpoint="last")
     manifest = json.loads((out / "coherence_c_last" / "synthetic" / "manifest.json").read_text())
-    assert Path(manifest["generator_checkpoint"]) == sorted((out / "gan_c" / "checkpoints").glob("checkpoint_*.pt"))[-1]
+    newest = sorted((seed0 / "gan_c" / "checkpoints").glob("checkpoint_*.pt"))[-1]
+    assert Path(manifest["generator_checkpoint"]) == newest
     assert "(c_last) ablation_c_full" in json.loads((out / "coherence.json").read_text())
     with pytest.raises(SystemExit, match="GAN names must be a, b or c"):
-        coherence(data=str(SAMPLE), output=str(out), profile="smoke", gans=f"d={out / 'gan_c'}")
+        coherence(data=str(SAMPLE), output=str(out), profile="smoke", gans=f"d={seed0 / 'gan_c'}")
     with pytest.raises(SystemExit, match="best.pt: not found"):  # a given GAN folder is used as is, never trained
         compare(data=str(SAMPLE), output=str(tmp_path / "other"), rows="c_real", gan_c=str(tmp_path / "no_gan"))
     with pytest.raises(SystemExit, match="gan_checkpoint must be 'best' or 'last'"):

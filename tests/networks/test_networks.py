@@ -22,7 +22,7 @@ from monai.networks.utils import convert_to_torchscript
 from monai.utils.enums import HoVerNetBranch
 from torch.nn.utils import parametrize
 
-from networks import ImageToMaskNet, MaskToImageGenerator, SpectralPatchDiscriminator, remove_spectral_norm
+from networks import HoVerUNet, ImageToMaskNet, MaskToImageGenerator, SpectralPatchDiscriminator, remove_spectral_norm
 
 NP, HV = HoVerNetBranch.NP.value, HoVerNetBranch.HV.value
 SMALL_G = {"ngf": 2, "z_dim": 3, "spade_hidden": 4}
@@ -285,3 +285,25 @@ def test_remove_spectral_norm_hook_variant():
     remove_spectral_norm(conv)
     assert not conv._forward_pre_hooks and isinstance(conv.weight, torch.nn.Parameter)
     assert torch.allclose(conv(x), expected, atol=1e-6)
+
+
+def test_hover_unet_is_basic_unet_with_hover_outputs():
+    torch.manual_seed(0)
+    net = HoVerUNet()
+    assert sum(p.numel() for p in net.parameters()) == 1_979_108
+    x = torch.rand(2, 3, 64, 48)
+    out = net(x)
+    assert out[HoVerNetBranch.NP.value].shape == out[HoVerNetBranch.HV.value].shape == (2, 2, 64, 48)
+    raw = net.unet(x)  # the 4 channels of MONAI's BasicUNet: NP logits, then linear HV (no tanh)
+    assert torch.equal(out[HoVerNetBranch.NP.value], raw[:, :2]) and torch.equal(
+        out[HoVerNetBranch.HV.value], raw[:, 2:]
+    )
+    loss = HoVerNetLoss()(out, {k: torch.rand_like(v) for k, v in out.items()})
+    loss.backward()
+    encoder = set(map(id, net.encoder_parameters()))
+    assert 0 < len(encoder) < len(list(net.parameters()))
+    scripted = convert_to_torchscript(net.eval())
+    with torch.no_grad():
+        assert torch.allclose(scripted(x)[HoVerNetBranch.HV.value], net(x)[HoVerNetBranch.HV.value], atol=1e-5)
+    with pytest.raises(ValueError, match="multiples of 16"):
+        net(torch.rand(1, 3, 40, 48))

@@ -49,3 +49,18 @@ def test_instances_equal_monai_and_recover_the_label(name):
 def test_bad_shapes_are_rejected():
     with pytest.raises(ValueError, match=r"expected nucleus logits \(2, H, W\)"):
         HoVerNetInstances()(np.zeros((1, 8, 8)), np.zeros((2, 8, 8)))
+
+
+def test_fixed_ranges_come_from_the_points(monuseg):
+    """MONUSEG_RANGES' Sobel range: shape-prior masks of the 23 training tiles' points (seed 0), no dense label."""
+    import json
+
+    from transforms import MONUSEG_RANGES, PointsToEllipseMask, read_points, sobel_range_of
+
+    masks = []
+    for stem in json.loads((monuseg / "split.json").read_text())["train"]:
+        sampler = PointsToEllipseMask(spatial_size=(1000, 1000))
+        sampler.set_random_state(0)
+        masks.append(np.asarray(sampler(read_points(monuseg / "points" / f"{stem}.csv")))[0])
+    assert sobel_range_of(masks) == pytest.approx(MONUSEG_RANGES["sobel_range"], abs=1e-4)
+    assert MONUSEG_RANGES["hv_range"] == (-1.0, 1.0)

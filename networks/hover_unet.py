@@ -1,0 +1,80 @@
+# Copyright (c) 2026 The pointsynth-nuclei authors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""MONAI ``BasicUNet`` with HoVer-Net outputs: one shared UNet, 4 output channels split into NP logits and HV maps.
+
+No ``from __future__ import annotations`` here: the module is TorchScript-scripted.
+"""
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from monai.networks.nets import BasicUNet
+from monai.utils.enums import HoVerNetBranch
+from torch import nn
+
+__all__ = ["HoVerUNet"]
+
+
+class HoVerUNet(nn.Module):
+    """A 2D MONAI ``BasicUNet`` whose 4 output channels are returned as MONAI HoVerNet's output dict
+    ``{"nucleus_prediction": logits (B, 2, H, W), "horizontal_vertical": linear HV (B, 2, H, W)}``, so that
+    ``HoVerNetLoss`` and the HoVerNet post-processing apply unchanged.
+
+    Unlike :class:`networks.ImageToMaskNet`, NP and HV share one decoder, the full-resolution stage is as wide as
+    the next one and the normalisation is per instance (batch statistics are noisy at the CPU batch of 4).
+    Defaults (MONAI's ``features=(32, 32, 64, 128, 256, 32)``): 1,979,108 parameters.
+
+    Args:
+        in_channels: image channels.
+        features: ``BasicUNet`` widths (six: five encoder levels and the last decoder level); ``H`` and ``W`` must
+            be multiples of 16 and at least 32 (instance norm needs more than one pixel at the 1/16 level).
+        norm: normalisation of ``BasicUNet`` (default: affine instance norm).
+        dropout: dropout of ``BasicUNet``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        features: Sequence[int] = (32, 32, 64, 128, 256, 32),
+        norm: str | tuple = ("instance", {"affine": True}),
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.unet = BasicUNet(
+            spatial_dims=2,
+            in_channels=in_channels,
+            out_channels=4,
+            features=tuple(features),
+            norm=norm,
+            dropout=dropout,
+        )
+
+    def encoder_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters of the UNet's contracting path, e.g. to freeze it while the decoder learns."""
+        for name in ("conv_0", "down_1", "down_2", "down_3", "down_4"):
+            yield from getattr(self.unet, name).parameters()
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """
+        Args:
+            x: image ``(B, in_channels, H, W)``, ``H`` and ``W`` multiples of 16, at least 32.
+        """
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"x must be (B, {self.in_channels}, H, W), got shape {list(x.shape)}.")
+        if x.shape[2] % 16 != 0 or x.shape[3] % 16 != 0 or min(x.shape[2], x.shape[3]) < 32:
+            raise ValueError(
+                f"x height and width must be multiples of 16 and at least 32 (the 1/16 level is normalised per "
+                f"instance), got {x.shape[2]}x{x.shape[3]}."
+            )
+        out = self.unet(x)
+        return {HoVerNetBranch.NP.value: out[:, :2], HoVerNetBranch.HV.value: out[:, 2:]}
