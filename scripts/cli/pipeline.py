@@ -77,15 +77,15 @@ def pipeline(
     if points not in ("real", "random"):
         raise SystemExit(f"error: points must be 'real' or 'random', got {points!r}")
     data_dir, out = Path(data), Path(output)
-    try:
-        tile_datalist(data_dir)
-    except PrepareError as e:
-        raise SystemExit(f"error: {e}") from None
-    runtime.configure(fast_allocator=profile != "smoke")
     gan_profile, seg_profile, synth = PROFILES[profile]
-    common = {"data_dir": str(data_dir), "seed": seed}
     gan_files = [CONFIGS / "train_synthesis.json", *(CONFIGS / f for f in gan_profile)]
     seg_files = [CONFIGS / "train.json", *(CONFIGS / f for f in seg_profile)]
+    problems = check_data_folder(data_dir, gan_files, seg_files, seed)
+    if problems:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        raise SystemExit(f"error: {len(problems)} problem(s) in {data_dir}, nothing was run:\n{lines}")
+    runtime.configure(fast_allocator=profile != "smoke")
+    common = {"data_dir": str(data_dir), "seed": seed}
     gan_dir, synthetic_dir = out / "gan", out / "synthetic"
     seg_dir, model_path = out / "segmentation", out / "segmentation" / "model.pt"
     timings = {}
@@ -116,6 +116,28 @@ def pipeline(
         )
     _summary(data_dir, out, labelled, timings, profile, points)
     print(f"[pipeline] done in {sum(timings.values()):.0f} s: {out / 'summary.png'}, {out / 'metrics.md'}")
+
+
+def check_data_folder(data_dir: Path, gan_files: list[Path], seg_files: list[Path], seed: int = 0) -> list[str]:
+    """Every problem of a data folder that a stage of the pipeline would meet, found before the first stage: image,
+    point and label files (read by the same readers as training), points outside their tile, tiles smaller than
+    the GAN's or the segmenter's training crop. Returns them as ``file: reason`` lines (empty: all good)."""
+    from monai.bundle import ConfigParser
+
+    from scripts.engines.segmentation import segmentation_datalist
+
+    crop = max(int(ConfigParser.load_config_files(files).get("crop_size", 0)) for files in (gan_files, seg_files))
+    problems: list[str] = []
+    try:
+        tile_datalist(data_dir, crop_size=crop, seed=seed)
+    except PrepareError as e:
+        problems += e.problems
+    if (data_dir / "labels").is_dir():  # labels are read for scoring, and by `dense` rows
+        try:
+            segmentation_datalist("dense", data_dir, seed=seed)
+        except PrepareError as e:
+            problems += e.problems
+    return list(dict.fromkeys(problems))
 
 
 def run_workflow(name: str, run_id: str, files: list[Path], **overrides) -> float:

@@ -107,16 +107,26 @@ class TrainingCheckpoint:
         return path
 
     def load_latest(self, engine: Engine) -> Path | None:
-        """Restore the newest checkpoint (if any); the engine keeps its configured ``max_epochs``."""
+        """Restore the newest checkpoint that can be read (if any); the engine keeps its configured ``max_epochs``.
+
+        A damaged newest checkpoint (e.g. truncated by a full disk) is skipped with a warning naming it, and the next
+        older one is used; a readable checkpoint of another configuration is an error, never skipped."""
         if is_main_process():
             remove_stale_temporaries(self.save_dir)
-        path = latest_checkpoint(self.save_dir)
-        if path is None:
+        candidates, damaged = list(reversed(list_checkpoints(self.save_dir))), []
+        if not candidates:
             return None
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # a foreign or damaged file: say which
-            raise ValueError(f"{path}: cannot read the checkpoint to resume from ({type(e).__name__}: {e}).") from None
+        for path in candidates:
+            try:
+                checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+                break
+            except Exception as e:  # a foreign or damaged file: say which, then try the older one
+                damaged.append(f"{path} ({type(e).__name__}: {e})")
+                self.logger.warning(f"{path}: cannot read this checkpoint ({type(e).__name__}); trying an older one.")
+        else:
+            raise ValueError("cannot read any checkpoint to resume from: " + "; ".join(damaged)) from None
+        if damaged:
+            self.logger.warning(f"resuming from {path}, skipped {len(damaged)} unreadable newer checkpoint(s)")
         missing = sorted(set(self.save_dict) - set(checkpoint)) + (["trainer"] if "trainer" not in checkpoint else [])
         if missing:
             raise ValueError(f"{path}: checkpoint lacks {missing}; it was written by a different configuration.")

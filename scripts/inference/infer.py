@@ -65,7 +65,7 @@ from scripts.data.writers import (
     PyramidLabelWriter,
     output_paths,
 )
-from scripts.inference.predict import TilePredictor
+from scripts.inference.predict import MIN_IMAGE_SIDE, TilePredictor
 from scripts.runtime import distributed
 from scripts.runtime.settings import as_bool
 from transforms import MONUSEG_RANGES, HoVerNetInstances
@@ -535,6 +535,11 @@ class NucleusInference:
             opened = open_image(path, self.level, self.mpp, self.backend, self.tile_mpp)
         with opened as source:
             roi = self._roi(source)
+            if min(roi[2], roi[3]) < MIN_IMAGE_SIDE:
+                raise ValueError(
+                    f"{source.path}: the image (or its roi) is {roi[2]}x{roi[3]} px at level {source.level}, smaller "
+                    f"than the {MIN_IMAGE_SIDE} px the segmenter needs."
+                )
             regions = plan_regions(source.shape, roi, self.region_size, self.margin, self.roi_size, self.overlap)
             thumbnail = None
             if source.is_slide and (self.tissue or "overlay" in self.outputs):

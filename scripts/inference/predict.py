@@ -24,7 +24,10 @@ from scripts.data.images import load_tile
 from scripts.runtime import bf16_autocast
 from transforms import MONUSEG_RANGES, HoVerNetInstances, split_output
 
-__all__ = ["TilePredictor"]
+__all__ = ["MIN_IMAGE_SIDE", "TilePredictor"]
+
+#: the smallest image side segmented: about one nucleus at 40x, and more than the post-processing's Sobel kernel
+MIN_IMAGE_SIDE = 32
 
 _BRANCHES = (HoVerNetBranch.NP.value, HoVerNetBranch.HV.value)
 
@@ -68,6 +71,9 @@ class TilePredictor:
 
     def outputs(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """Network outputs (NP logits, HV maps) of one (3, H, W) image in [0, 255], on the CPU."""
+        if min(image.shape[-2:]) < MIN_IMAGE_SIDE:
+            h, w = image.shape[-2:]
+            raise ValueError(f"the image is {h}x{w} px, smaller than the {MIN_IMAGE_SIDE} px the segmenter needs.")
         device = next(self.network.parameters()).device
         x = image[None].to(device, torch.float32) * ((self.b_max - self.b_min) / 255.0) + self.b_min
         training = self.network.training

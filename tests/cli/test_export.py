@@ -347,6 +347,14 @@ def test_deploy_operator_contract(exported, weights, tmp_path):
     torch.testing.assert_close(pred, torch.cat([reference[NP], reference[HV]]), rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(np.asarray(instances), predictor(image)[None])
     assert isinstance(ensure_tuple({NP: pred})[0], str)  # why the network must return one tensor, not a dict
+    # the bundle's own `inference` (inference.json) finds the same nuclei as the Deploy operator (one post-processing)
+    parser = ConfigParser(ConfigParser.load_config_files([INFERENCE]))
+    parser.update({"model_path": str(weights), "input": str(TILES[0]), "output_dir": str(tmp_path / "bundle")})
+    parser["outputs"] = ["label"]
+    summary = parser.get_parsed_content("inference").run()
+    bundle = np.asarray(Image.open(summary["images"][0]["outputs"]["label"])).astype(np.int64)
+    assert bundle.max() == np.asarray(instances).max() > 0
+    np.testing.assert_array_equal(bundle > 0, np.asarray(instances)[0] > 0)
 
 
 def _deploy_python() -> str | None:

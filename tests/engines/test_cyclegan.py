@@ -164,9 +164,22 @@ def test_resume_rejects_a_checkpoint_of_another_network(tmp_path):
         TrainingCheckpoint(tmp_path, {"net": torch.nn.Linear(3, 2), "other": torch.nn.Linear(1, 1)}).load_latest(
             _FakeEngine(0)
         )
-    (tmp_path / "checkpoint_00000004.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="checkpoint_00000004.pt: cannot read"):
-        TrainingCheckpoint(tmp_path, {"net": torch.nn.Linear(3, 2)}).load_latest(_FakeEngine(0))
+
+
+def test_resume_falls_back_to_the_newest_readable_checkpoint(tmp_path, caplog):
+    net = torch.nn.Linear(3, 2)
+    TrainingCheckpoint(tmp_path, {"net": net}).save(_FakeEngine(2))
+    expected = {k: v.clone() for k, v in net.state_dict().items()}
+    (tmp_path / "checkpoint_00000004.pt").write_bytes(b"truncated by a full disk")
+    torch.nn.init.zeros_(net.weight)
+    engine = _FakeEngine(0)
+    with caplog.at_level("WARNING"):
+        assert TrainingCheckpoint(tmp_path, {"net": net}).load_latest(engine) == tmp_path / "checkpoint_00000002.pt"
+    assert "checkpoint_00000004.pt: cannot read this checkpoint" in caplog.text and engine.state.iteration == 2
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in expected.items())
+    (tmp_path / "checkpoint_00000002.pt").write_bytes(b"also damaged")
+    with pytest.raises(ValueError, match="cannot read any checkpoint.*checkpoint_00000004.pt.*checkpoint_00000002.pt"):
+        TrainingCheckpoint(tmp_path, {"net": net}).load_latest(_FakeEngine(0))
 
 
 # --- the bundle workflow -----------------------------------------------------------------------------------------

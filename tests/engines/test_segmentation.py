@@ -373,3 +373,20 @@ def test_compare_and_coherence_write_their_tables(tmp_path):
         compare(data=str(SAMPLE), output=str(out), rows="c_real", gan_checkpoint="newest")
     with pytest.raises(SystemExit, match="unknown rows"):
         compare(data=str(SAMPLE), output=str(out), rows="upper,best")
+
+
+def test_main_job_checks_the_whole_folder_before_the_first_stage(tmp_path):
+    """Problems that a later stage would meet (labels, tile sizes) stop the main job before the GAN, all listed."""
+    data = _data(tmp_path)
+    names = sorted(p.stem for p in (data / "images").glob("*.png"))
+    Image.fromarray(np.zeros((256, 256, 3), np.uint8)).save(data / "labels" / f"{names[0]}.png")  # a colour label
+    small = np.asarray(Image.open(data / "images" / f"{names[1]}.png"))[:48, :48]
+    Image.fromarray(small).save(data / "images" / f"{names[1]}.png")  # below the smoke GAN's 64 px crop
+    (data / "points" / f"{names[1]}.csv").write_text("y,x\n10,10\n")
+    out = tmp_path / "results"
+    with pytest.raises(SystemExit) as stop:
+        pipeline(data=str(data), output=str(out), profile="smoke")
+    message = str(stop.value)
+    assert "nothing was run" in message and "smaller than the 64 px training crop" in message
+    assert f"{names[0]}.png: label has shape" in message
+    assert not out.exists()

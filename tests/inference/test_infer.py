@@ -271,6 +271,9 @@ def test_bad_inputs_give_clear_errors(small_slide, tmp_path):
         ValueError, match=r"no level at 0.33 um/px .* level 1: 512x512 px \(downsample 2, 0.500 um/px\)"
     ):
         open_image(small_slide, mpp=0.33, backend="tifffile")
+    Image.fromarray(rgb[:10, :10]).save(tmp_path / "tiny.png")
+    with pytest.raises(ValueError, match=r"tiny.png: the image \(or its roi\) is 10x10 px .* smaller than the 32 px"):
+        DarkNuclei(None, tmp_path / "tiny.png", tmp_path / "tiny_out", progress=False).process(tmp_path / "tiny.png")
     blank = make_slide(tmp_path / "blank.tif", 512, [rgb], fill=0.0, cell=256, tile=256, levels=2)
     with pytest.raises(ValueError, match="blank.tif: no tissue found"):
         DarkNuclei(None, blank, tmp_path / "out", backend="tifffile", progress=False).run()
