@@ -18,7 +18,7 @@ import fire
 
 def _commands() -> dict:
     from scripts.bench import Bench
-    from scripts.cli import compare, demo, export, fit_points, pipeline, prepare, synthesis_report
+    from scripts.cli import compare, demo, export, fit_points, pipeline, prepare, release, synthesis_report
 
     return {
         "prepare": prepare.prepare,
@@ -30,10 +30,14 @@ def _commands() -> dict:
         "synthesis_report": synthesis_report.synthesis_report,
         "fit_points": fit_points.fit_points,
         "export": export.export,
+        "release": release.release,
     }
 
 
 def main() -> None:
+    from scripts.runtime.settings import install_error_handler
+
+    install_error_handler()  # a bad setting or input file: one "error:" line and exit status 2
     fire.Fire(_commands(), name="scripts")
 
 

@@ -34,6 +34,7 @@ from scripts.data.datalist import PrepareError, write_datalist
 from scripts.data.images import LabelReader, TileReader
 from scripts.evaluation.metrics import instance_metrics
 from scripts.evaluation.visualize import contours_on, grid, hv_rgb, instances_rgb, points_on
+from scripts.runtime.settings import check
 from transforms import HVMapd, LoadPointsd, PointsToEllipseMaskd
 
 SAMPLE = CODE_ROOT / "bundle" / "sample_data"
@@ -57,6 +58,7 @@ def demo(
         mpp: microns per pixel of the tiles.
         seed: random seed.
     """
+    check(samples=samples, mask_prior=prior, mpp=mpp, seed=seed)
     data_dir, out_dir = Path(data), Path(output)
     labels = data_dir / "labels" if (data_dir / "labels").is_dir() else None
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -34,6 +34,7 @@ from scripts.data.datalist import PrepareError
 from scripts.data.tiles import tile_datalist
 from scripts.evaluation.evaluate import format_comparison
 from scripts.evaluation.visualize import grid, instances_rgb, points_on
+from scripts.runtime.settings import check
 
 __all__ = ["PROFILES", "pipeline", "run_workflow"]
 
@@ -76,6 +77,7 @@ def pipeline(
         raise SystemExit(f"error: profile must be one of {tuple(PROFILES)}, got {profile!r}")
     if points not in ("real", "random"):
         raise SystemExit(f"error: points must be 'real' or 'random', got {points!r}")
+    check(seed=seed)
     data_dir, out = Path(data), Path(output)
     gan_profile, seg_profile, synth = PROFILES[profile]
     gan_files = [CONFIGS / "train_synthesis.json", *(CONFIGS / f for f in gan_profile)]

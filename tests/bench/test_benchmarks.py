@@ -41,3 +41,14 @@ def test_transforms_report(tmp_path):
     assert report["n_nuclei"] > 100
     ratio = report["naive_skimage_loop_ms"] / report["PointsToEllipseMask_ms"]  # rounded times: 5 % slack
     assert abs(report["PointsToEllipseMask_speedup"] - ratio) <= 0.05 * ratio + 0.1
+
+
+def test_bench_inference_on_tiny_inputs(tmp_path):
+    speed = tmp_path / "speed.json"
+    Bench().inference(size=256, networks="cpu", reference=False, threads=1, output=str(speed))
+    result = json.loads(speed.read_text())["pipelines"]["ours_cpu"]
+    assert result["tiles_per_s"] > 0 and result["tiled_vs_whole_aji"] >= 0.98 and 0 <= result["postprocess_share"] < 1
+    memory = tmp_path / "rss.json"
+    Bench().inference(rss=True, slides="512", threads=1, output=str(memory))
+    run = json.loads(memory.read_text())["runs"][0]
+    assert run["slide"] == "512x512" and run["peak_rss_mb"] > 100 and run["regions"] >= 1

@@ -31,7 +31,6 @@ from PIL import Image
 from scipy import ndimage
 
 from networks import ImageToMaskNet
-from scripts.bench import Bench
 from scripts.data.generated_slide import make_slide
 from scripts.data.slides import open_image
 from scripts.evaluation.metrics import aji
@@ -345,17 +344,6 @@ def test_bundle_run_on_a_folder_and_a_mismatching_checkpoint(tmp_path):
         run(config_file=CONFIG, **bad)
     assert "do not match the configured segmentation model" in str(failure.value.__cause__)
     assert not (tmp_path / "bad").exists() or not list((tmp_path / "bad").iterdir())
-
-
-def test_bench_inference_on_tiny_inputs(tmp_path):
-    speed = tmp_path / "speed.json"
-    Bench().inference(size=256, networks="cpu", reference=False, threads=1, output=str(speed))
-    result = json.loads(speed.read_text())["pipelines"]["ours_cpu"]
-    assert result["tiles_per_s"] > 0 and result["tiled_vs_whole_aji"] >= 0.98 and 0 <= result["postprocess_share"] < 1
-    memory = tmp_path / "rss.json"
-    Bench().inference(rss=True, slides="512", threads=1, output=str(memory))
-    run = json.loads(memory.read_text())["runs"][0]
-    assert run["slide"] == "512x512" and run["peak_rss_mb"] > 100 and run["regions"] >= 1
 
 
 def test_fixed_normalisation_post_processing():
