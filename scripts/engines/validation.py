@@ -10,7 +10,14 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 """What every periodic validation of a training run shares: when it runs, best-model tracking that survives a resume,
-the metrics log (``metrics.jsonl``), TensorBoard scalars, the atomic write of the best model, rank 0 only."""
+the metrics log (``metrics.jsonl``), TensorBoard scalars, the atomic write of the best model, rank 0 only.
+
+Why not MONAI's ``SupervisedEvaluator`` + ``ValidationHandler`` + ``CheckpointSaver``: the validation here segments
+whole tiles (sliding window + instance post-processing, scored per tile on points or instances), which is not the
+evaluator's batch -> metric loop; ignite's ``Checkpoint`` behind ``CheckpointSaver`` removes the previous best file
+before it writes the new one (a crash in between leaves none), and its best score resumes only through its own saved
+state and ``CheckpointLoader``, beside the project's atomic training checkpoints. Both validators (the segmenter's and
+the GAN's) share this one class instead."""
 
 from __future__ import annotations
 

@@ -35,10 +35,12 @@ import csv
 import json
 import logging
 import math
+import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,11 +72,12 @@ from scripts.runtime import distributed
 from scripts.runtime.settings import as_bool
 from transforms import MONUSEG_RANGES, HoVerNetInstances
 
-__all__ = ["NucleusInference", "Region", "plan_regions", "region_nuclei", "simplify_ring"]
+__all__ = ["NucleusInference", "Region", "SeamClaims", "plan_regions", "region_nuclei", "simplify_ring"]
 
 logger = logging.getLogger(__name__)
 
 _NP, _HV = HoVerNetBranch.NP.value, HoVerNetBranch.HV.value
+SEAM_BAND = 32  # px at the level read: how far outside its core a region may take a nucleus its neighbour left
 
 RECORDS = "records"  # per-image records, in output_dir
 SUMMARY_COLUMNS = ("image", "name", "status", "nuclei", "seconds", "rank", "outputs", "error")
@@ -124,6 +127,82 @@ def plan_regions(
             bx = _span(x0, x1, shape[1], margin, window, stride)
             regions.append(Region((y0, x0, y1, x1), (by[0], bx[0], by[1], bx[1])))
     return regions
+
+
+class SeamClaims:
+    """What the regions processed so far emitted near the seams of the regions still to come.
+
+    Regions are settled one at a time, in plan order (:meth:`turn`). A region emits the nuclei whose centroid (in its
+    own segmentation) lies in its core, and also those whose centroid lies within ``band`` px outside it, inside the
+    core of a region already settled (that region's segmentation put it on this side of the seam, so nobody has
+    emitted it). It never emits a nucleus overlapping a pixel of one already emitted: two segmentations of the same
+    nucleus, cut differently by their boxes, are counted once, by the earlier region, and nuclei never overlap.
+    """
+
+    def __init__(self, band: int) -> None:
+        self.band = int(band)
+        self._cores: list[tuple[int, int, int, int]] = []
+        self._pixels: list[tuple[int, np.ndarray, np.ndarray]] = []  # (last row, rows, columns) of emitted nuclei
+        self._settled = 0
+        self._aborted = False
+        self._condition = threading.Condition()
+
+    @contextmanager
+    def turn(self, index: int) -> Iterator[None]:
+        """Wait until the regions before ``index`` (in plan order) are settled; settle ``index`` on leaving."""
+        with self._condition:
+            self._condition.wait_for(lambda: self._settled >= index or self._aborted)
+            if self._aborted:
+                raise RuntimeError("an earlier region failed")
+        try:
+            yield
+        except BaseException:
+            self.abort()
+            raise
+        with self._condition:
+            self._settled = index + 1
+            self._condition.notify_all()
+
+    def abort(self) -> None:
+        """Release every region waiting for its turn (an earlier one failed): they raise."""
+        with self._condition:
+            self._aborted = True
+            self._condition.notify_all()
+
+    def claimed(self, box: tuple[int, int, int, int]) -> np.ndarray:
+        """(h, w) bool: the pixels of ``box`` that belong to nuclei already emitted."""
+        by0, bx0, by1, bx1 = box
+        canvas = np.zeros((by1 - by0, bx1 - bx0), dtype=bool)
+        for _, ys, xs in self._pixels:
+            inside = (ys >= by0) & (ys < by1) & (xs >= bx0) & (xs < bx1)
+            canvas[ys[inside] - by0, xs[inside] - bx0] = True
+        return canvas
+
+    def in_settled_core(self, gy: np.ndarray, gx: np.ndarray) -> np.ndarray:
+        """Which centroids lie in the (roi-clipped) core of a region already settled."""
+        found = np.zeros(gy.shape, dtype=bool)
+        for y0, x0, y1, x1 in self._cores:
+            found |= (gy >= y0 - 0.5) & (gy < y1 - 0.5) & (gx >= x0 - 0.5) & (gx < x1 - 0.5)
+        return found
+
+    def settle(self, core: tuple[int, int, int, int], emitted: np.ndarray, origin: tuple[int, int]) -> None:
+        """Record a settled region: its roi-clipped ``core`` and the pixels of its emitted nuclei (``emitted``, a
+        box-local bool map) that a later region can see (outside the core shrunk by ``3 * band``); forget what no
+        later region can reach (regions come row by row)."""
+        cy0, cx0, cy1, cx1 = core
+        depth = 3 * self.band
+        seam = emitted.copy()
+        oy, ox = origin
+        iy0, ix0 = max(cy0 + depth - oy, 0), max(cx0 + depth - ox, 0)
+        iy1, ix1 = max(cy1 - depth - oy, iy0), max(cx1 - depth - ox, ix0)
+        seam[iy0:iy1, ix0:ix1] = False
+        ys, xs = np.nonzero(seam)
+        top = cy0 - depth - self.band  # no later region's box starts above its core minus the margin
+        self._pixels = [p for p in self._pixels if p[0] >= top]
+        self._cores = [c for c in self._cores if c[2] + self.band >= top]
+        if len(ys):
+            self._pixels.append((int(ys.max()) + oy, (ys + oy).astype(np.int32), (xs + ox).astype(np.int32)))
+        self._cores.append(core)
 
 
 def simplify_ring(ring: np.ndarray) -> np.ndarray:
@@ -181,6 +260,7 @@ def region_nuclei(
     polygons: bool = True,
     raster: bool = True,
     keep_image: bool = False,
+    claims: SeamClaims | None = None,
 ) -> tuple[Nuclei, int]:
     """The nuclei a region owns (centroid in its core and ``roi``), ids 1..n in label order.
 
@@ -192,6 +272,8 @@ def region_nuclei(
         roi: (y, x, h, w) region of interest (default: the core only decides).
         image_shape: the level's (height, width), to tell a box edge at the image border from one inside it.
         polygons, raster, keep_image: what to return besides the measurements.
+        claims: the regions settled before this one (:class:`SeamClaims`; call within its ``turn``): nuclei already
+            emitted are not emitted again, near-seam nuclei left to this region are taken, and this region is settled.
 
     Returns:
         the nuclei (level-0 coordinates, local ids) and the number of owned nuclei touching an inner box edge
@@ -203,15 +285,31 @@ def region_nuclei(
         cy0, cx0 = max(cy0, roi[0]), max(cx0, roi[1])
         cy1, cx1 = min(cy1, roi[0] + roi[2]), min(cx1, roi[1] + roi[3])
     n = int(instances.max(initial=0))
+    ids = np.arange(n + 1)
+    emitted = None
+    if claims is not None:  # nuclei mostly emitted already are dropped; the others lose the pixels already taken
+        taken = claims.claimed(region.box)
+        overlap = np.bincount(instances[taken], minlength=n + 1)
+        emitted = overlap >= 0.5 * np.bincount(instances.ravel(), minlength=n + 1)
+        emitted[0] = False
+        instances = np.where(taken, 0, instances)
     area, gy, gx, od = _label_sums(instances, image, n)
     with np.errstate(invalid="ignore", divide="ignore"):
         gy, gx = gy / area + by0, gx / area + bx0
-    ids = np.arange(n + 1)
     owned = (ids > 0) & (area > 0) & (gy >= cy0 - 0.5) & (gy < cy1 - 0.5) & (gx >= cx0 - 0.5) & (gx < cx1 - 0.5)
+    height, width = image_shape if image_shape is not None else (by1, bx1)
+    if claims is not None:
+        ry0, rx0, rh, rw = roi if roi is not None else (0, 0, height, width)
+        ry1, rx1 = ry0 + rh, rx0 + rw
+        b = claims.band
+        near = (ids > 0) & (area > 0) & ~owned
+        near &= (gy >= max(cy0 - b, ry0) - 0.5) & (gy < min(cy1 + b, ry1) - 0.5)
+        near &= (gx >= max(cx0 - b, rx0) - 0.5) & (gx < min(cx1 + b, rx1) - 0.5)
+        owned = (owned | (near & claims.in_settled_core(gy, gx))) & ~emitted
+        claims.settle((cy0, cx0, cy1, cx1), owned[instances], (by0, bx0))
     owned_ids = ids[owned]
     hed = (od[owned_ids] / area[owned_ids, None]) @ hed_from_rgb
     slices = ndimage.find_objects(instances, max_label=n)
-    height, width = image_shape if image_shape is not None else (by1, bx1)
     cut, rings = 0, [] if polygons else None
     for i in owned_ids:
         sy, sx = slices[i - 1]
@@ -610,12 +708,21 @@ class NucleusInference:
         keep_image = any(writer.needs_image for writer in writers.values())
         stats = {"nuclei": 0, "cut": 0, "network_s": 0.0, "postprocess_s": 0.0}
 
-        def post(image: np.ndarray, outputs: dict[str, torch.Tensor], region: Region) -> tuple[Nuclei, int, float]:
+        claims = SeamClaims(SEAM_BAND)
+
+        def post(
+            image: np.ndarray, outputs: dict[str, torch.Tensor], region: Region, index: int
+        ) -> tuple[Nuclei, int, float]:
             t = time.perf_counter()
-            instances = self.postprocessing(outputs[_NP], outputs[_HV])[0]
-            nuclei, cut = region_nuclei(
-                instances, image, region, source.downsample, roi, source.shape, polygons, raster, keep_image
-            )
+            try:
+                instances = self.postprocessing(outputs[_NP], outputs[_HV])[0]
+            except BaseException:
+                claims.abort()
+                raise
+            with claims.turn(index):  # regions settle their seams in plan order
+                nuclei, cut = region_nuclei(
+                    instances, image, region, source.downsample, roi, source.shape, polygons, raster, keep_image, claims
+                )
             return nuclei, cut, time.perf_counter() - t
 
         def consume(result: tuple[Nuclei, int, float]) -> None:
@@ -646,15 +753,16 @@ class NucleusInference:
                     outputs = self.predict(image, region)
                     stats["network_s"] += time.perf_counter() - t
                     if self.workers == 0:
-                        consume(post(image, outputs, region))
+                        consume(post(image, outputs, region, i))
                     else:
-                        pending.append(pool.submit(post, image, outputs, region))
+                        pending.append(pool.submit(post, image, outputs, region, i))
                         while pending and (len(pending) > self.workers or pending[0].done()):
                             consume(pending.popleft().result())
                     bar.update(1)
                 while pending:
                     consume(pending.popleft().result())
             except BaseException:
+                claims.abort()
                 for future in pending:
                     future.cancel()
                 raise

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 import xml.etree.ElementTree as ET
@@ -40,7 +41,14 @@ import torch
 from monai.bundle import ConfigParser
 from PIL import Image
 
-from scripts.apps.label_app.nuclei import LABEL, NucleusSegmenter, annotation_result, region_of_interest
+from scripts.apps.label_app.nuclei import (
+    LABEL,
+    ImageNotFoundError,
+    NucleusSegmenter,
+    annotation_result,
+    region_of_interest,
+    resolve_image,
+)
 from scripts.cli.export import export_bundle
 from tests.helpers import REPO, SAMPLE, save_random_segmenter
 
@@ -75,7 +83,7 @@ def _bundle_geojson(weights: Path, tile: Path, output: Path, roi: list[int] | No
     parser = ConfigParser(ConfigParser.load_config_files([REPO / "bundle" / "configs" / "inference.json"]))
     parser.update({"model_path": str(weights), "input": str(tile), "output_dir": str(output), "outputs": ["geojson"]})
     parser["roi"] = roi
-    summary = parser.get_parsed_content("inference").run()
+    summary = parser.get_parsed_content("evaluator").run()
     return _geojson_rings(Path(summary["images"][0]["outputs"]["geojson"]))
 
 
@@ -87,6 +95,48 @@ def _assert_same_polygons(got: list, expected: list[np.ndarray]) -> None:
     assert len(got) == len(expected)
     for a, b in zip(got, expected, strict=True):
         np.testing.assert_allclose(np.asarray(a, dtype=np.float64), b, atol=1e-6)
+
+
+def test_image_ids_resolve_only_inside_the_datastore(tmp_path):
+    """Datastore ids, files inside the studies folder and the server's own upload files resolve; absolute paths
+    elsewhere, ``..`` out of the datastore and links pointing out get one and the same "not found"."""
+    studies, uploads, elsewhere = tmp_path / "studies", tmp_path / "uploads", tmp_path / "elsewhere"
+    for folder in (studies, uploads, elsewhere):
+        folder.mkdir()
+    tile = studies / "tile.png"
+    shutil.copy(TILES[0], tile)
+    secret = elsewhere / "notes.txt"
+    secret.write_text("a user's notes")
+    (studies / "link.png").symlink_to(secret)
+    upload = uploads / "tmpab12cd.png"
+    shutil.copy(TILES[0], upload)
+    ids = {"tile": str(tile)}
+    pixels = np.zeros((40, 40, 3), np.uint8)
+
+    def resolve(image):
+        return resolve_image(image, studies, ids.get, uploads=uploads)
+
+    assert resolve("tile") == str(tile)  # a datastore id
+    assert resolve(str(tile)) == str(tile.resolve())
+    assert resolve(str(upload)) == str(upload.resolve())
+    assert resolve(pixels) is pixels
+    refused = [
+        str(secret),
+        f"{studies}/../elsewhere/notes.txt",
+        str(studies / "link.png"),
+        "../elsewhere/notes.txt",
+        "missing",
+        str(studies / "missing.png"),
+        str(uploads / "user.png"),
+        str(studies),
+        "/etc/hostname",
+    ]
+    for image in refused:
+        with pytest.raises(ImageNotFoundError) as error:
+            resolve(image)
+        assert str(error.value) == f"image {image!r} not found in the datastore"
+    with pytest.raises(ImageNotFoundError):  # a datastore that raises for an unknown id
+        resolve_image("tile", studies, lambda image: {}[image], uploads=uploads)
 
 
 def test_region_of_interest():
@@ -108,6 +158,7 @@ def test_segmenter_equals_bundle_inference(case, tmp_path):
         instances = np.asarray(Image.open(segmentation.label))
         assert instances.dtype == np.uint16 and instances.max() == count
         assert len(np.unique(instances[instances > 0])) == count
+
     finally:
         segmentation.label.unlink()
 
@@ -291,6 +342,15 @@ def test_server_end_to_end(case, tmp_path):
         instances = np.asarray(Image.open(BytesIO(_request(f"{url}/infer/nuclei?{query}&output=image", b""))))
         assert instances.shape == (height, width) and instances.max() == count
         assert len(np.unique(instances[instances > 0])) == count
+
+        # a server file outside the datastore is "not found", by path or through the WSI endpoint
+        outside = tmp_path / "reference" / "whole" / f"{tile.stem}_nuclei.geojson"
+        answers = []
+        for endpoint, data in (("infer/nuclei", b""), ("infer/wsi/nuclei", region)):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                _request(f"{url}/{endpoint}?image={urllib.parse.quote(str(outside))}", data, json_headers)
+            answers.append(refused.value.read().decode(errors="replace"))
+        assert all("not found in the datastore" in a for a in answers), answers
     finally:
         server.terminate()
         try:

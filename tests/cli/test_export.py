@@ -351,7 +351,7 @@ def test_deploy_operator_contract(exported, weights, tmp_path):
     parser = ConfigParser(ConfigParser.load_config_files([INFERENCE]))
     parser.update({"model_path": str(weights), "input": str(TILES[0]), "output_dir": str(tmp_path / "bundle")})
     parser["outputs"] = ["label"]
-    summary = parser.get_parsed_content("inference").run()
+    summary = parser.get_parsed_content("evaluator").run()
     bundle = np.asarray(Image.open(summary["images"][0]["outputs"]["label"])).astype(np.int64)
     assert bundle.max() == np.asarray(instances).max() > 0
     np.testing.assert_array_equal(bundle > 0, np.asarray(instances)[0] > 0)

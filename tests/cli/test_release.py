@@ -15,14 +15,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 
+import numpy as np
 import pytest
 import torch
+from monai.bundle import ConfigParser
 
 from networks import HoVerUNet
 from scripts.cli.release import release_model
-from tests.helpers import REPO, save_random_segmenter
+from scripts.data.images import load_tile, read_label
+from scripts.evaluation.metrics import point_f1
+from tests.helpers import REPO, SAMPLE, save_random_segmenter
 
 BUNDLE = REPO / "bundle"
 
@@ -56,3 +61,20 @@ def test_release_writes_half_precision_weights_hash_and_metrics(tmp_path):
     assert next(network.parameters()).dtype == torch.float32
     with pytest.raises(ValueError, match="not an evaluation report"):
         release_model(weights, tmp_path / "missing.json", "x", bundle=bundle)
+
+
+def test_the_shipped_model_matches_its_hash_and_finds_the_sample_nuclei(tmp_path):
+    """The model that comes with the bundle: trained from points only (``models/model.json``), no training needed."""
+    model = BUNDLE / "models" / "model.pt"
+    listed = re.search(r'hash_val: "([0-9a-f]{32})"', (BUNDLE / "large_files.yml").read_text()).group(1)
+    assert hashlib.md5(model.read_bytes()).hexdigest() == listed
+    card = json.loads((BUNDLE / "models" / "model.json").read_text())
+    assert "points" in card["provenance"] and card["md5"] == listed
+    parser = ConfigParser(ConfigParser.load_config_files([BUNDLE / "configs" / "inference.json"]))
+    parser.update({"input": str(SAMPLE / "images"), "output_dir": str(tmp_path), "outputs": ["label"]})
+    summary = parser.get_parsed_content("evaluator").run()
+    scores = []
+    for record in summary["images"]:
+        item = {"image": record["input"], "points": str(SAMPLE / "points" / f"{record['name']}.csv")}
+        scores.append(point_f1(read_label(record["outputs"]["label"]), load_tile(item)[1]))
+    assert np.mean(scores) >= 0.8, scores

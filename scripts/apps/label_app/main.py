@@ -48,10 +48,18 @@ if str(CODE_ROOT) not in sys.path:
     sys.path.insert(0, str(CODE_ROOT))
 
 from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
+from monailabel.interfaces.exception import MONAILabelError, MONAILabelException  # noqa: E402
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType  # noqa: E402
 from monailabel.transform.writer import PolygonWriter  # noqa: E402
 
-from scripts.apps.label_app.nuclei import LABEL, LABEL_COLOUR, NucleusSegmenter, annotation_result  # noqa: E402
+from scripts.apps.label_app.nuclei import (  # noqa: E402
+    LABEL,
+    LABEL_COLOUR,
+    ImageNotFoundError,
+    NucleusSegmenter,
+    annotation_result,
+    resolve_image,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +122,7 @@ class PointSynthNucleiApp(MONAILabelApp):
         invalid = [m for m in models if m not in (MODEL, "all")]
         if invalid:
             raise ValueError(f"unknown model(s) {invalid}: this app serves '{MODEL}' (--conf models {MODEL}).")
+        self.studies_folder = studies if os.path.isdir(studies) else None  # a remote datastore: ids only
         overrides = json.loads(conf["overrides"]) if conf.get("overrides") else None
         config_file = [f.strip() for f in conf.get("config_file", "").split(",") if f.strip()]
         self.segmenter = NucleusSegmenter(
@@ -132,20 +141,28 @@ class PointSynthNucleiApp(MONAILabelApp):
     def init_infers(self) -> dict[str, InferTask]:
         return {MODEL: NucleiInferTask(self.segmenter)}
 
+    def infer(self, request: dict, datastore=None) -> dict:
+        """Images resolve only inside the datastore (by id or path) or as a file the client uploaded; anything else is
+        one "not found" answer (``resolve_image``)."""
+        datastore = datastore or self.datastore()
+        self._checked(request.get("image"), datastore)  # refuses; MONAI Label then reads the request as it is
+        return super().infer(request, datastore)
+
     def infer_wsi(self, request: dict, datastore=None) -> dict:
         """Local images go to the task in one call (it plans its own regions, with margins, over the region of
-        interest); anything else (e.g. pixels from a remote datastore) goes through MONAI Label's handling."""
+        interest); anything else (e.g. the regions of a remote datastore) goes through MONAI Label's handling."""
+        datastore = datastore or self.datastore()
         task = self._infers.get(request.get("model"))
-        image = request.get("image")
-        if isinstance(task, NucleiInferTask) and isinstance(image, str):
-            path = image if os.path.exists(image) else _image_uri(datastore or self.datastore(), image)
-            if path and os.path.isfile(path):
-                return self.infer({**task.config(), **request}, datastore)
+        path = self._checked(request.get("image"), datastore)
+        if isinstance(task, NucleiInferTask) and isinstance(path, str) and os.path.isfile(path):
+            return self.infer({**task.config(), **request, "image": path}, datastore)
         return super().infer_wsi(request, datastore)
 
-
-def _image_uri(datastore, image_id: str) -> str | None:
-    try:
-        return datastore.get_image_uri(image_id)
-    except Exception:  # unknown id: MONAI Label's own handling reports it
-        return None
+    def _checked(self, image, datastore):
+        """``image`` resolved by ``resolve_image``; ``None`` for an id that only a remote datastore can serve."""
+        try:
+            return resolve_image(image, self.studies_folder, datastore.get_image_uri)
+        except ImageNotFoundError as e:
+            if self.studies_folder is None and not os.path.exists(str(image)):
+                return None  # a remote datastore (DSA, XNAT) reads its own ids
+            raise MONAILabelException(MONAILabelError.INVALID_INPUT, str(e)) from None

@@ -25,13 +25,22 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["LABEL", "LABEL_COLOUR", "NucleusSegmenter", "Segmentation", "annotation_result", "region_of_interest"]
+__all__ = [
+    "LABEL",
+    "LABEL_COLOUR",
+    "ImageNotFoundError",
+    "NucleusSegmenter",
+    "Segmentation",
+    "annotation_result",
+    "region_of_interest",
+    "resolve_image",
+]
 
 LABEL = "Nucleus"
 LABEL_COLOUR = (0, 200, 0)  # the outline colour of the overlay (scripts.data.writers.NUCLEUS_COLOUR)
@@ -56,6 +65,47 @@ class Segmentation:
 
     def __len__(self) -> int:
         return len(self.polygons)
+
+
+class ImageNotFoundError(LookupError):
+    """An image id that is neither in the datastore nor a file the server received from the client."""
+
+
+def resolve_image(
+    image: str | os.PathLike | np.ndarray,
+    studies: str | os.PathLike | None,
+    lookup: Callable[[str], str | None] | None = None,
+    uploads: str | os.PathLike | None = None,
+) -> str | np.ndarray:
+    """The file (or pixels) a request's ``image`` may name, or :class:`ImageNotFoundError` with the same message for
+    every refusal (whether a file exists elsewhere on the server is not revealed).
+
+    Accepted: pixels; a datastore id that ``lookup`` resolves to a file; a file inside the ``studies`` folder (after
+    resolving ``..`` and links); a file MONAI Label wrote for an upload (``tmp*`` directly in ``uploads``, by default
+    the system's temporary folder). Anything else (absolute paths, ``..`` out of the datastore) is not found.
+    """
+    if isinstance(image, np.ndarray):
+        return image
+    name = os.fspath(image)
+    not_found = ImageNotFoundError(f"image {name!r} not found in the datastore")
+    uri = None
+    if lookup is not None:
+        try:
+            uri = lookup(name)
+        except Exception:  # any datastore refusal reads as "not found"
+            uri = None
+    if uri and os.path.isfile(uri):
+        return uri
+    path = Path(name)
+    if not path.is_absolute() or not path.is_file():
+        raise not_found
+    real = path.resolve()
+    inside_studies = studies is not None and os.path.isdir(studies) and real.is_relative_to(Path(studies).resolve())
+    upload_dir = Path(uploads if uploads is not None else tempfile.gettempdir()).resolve()
+    upload = path.parent.resolve() == upload_dir and path.name.startswith("tmp") and real.parent == upload_dir
+    if inside_studies or upload:
+        return str(real)
+    raise not_found
 
 
 def region_of_interest(location: Sequence[int] | None, size: Sequence[int] | None) -> list[int] | None:
@@ -110,12 +160,12 @@ class NucleusSegmenter:
             parser[key] = value
         self.model_path = Path(parser.get_parsed_content("model_path"))
         try:
-            self.network = parser.get_parsed_content("inference::network").eval()
+            self.network = parser.get_parsed_content("evaluator::network").eval()
         except Exception as e:  # MONAI wraps the weight check's ValueError: keep its message
             cause = e.__cause__ if isinstance(e.__cause__, ValueError) else e
             raise ValueError(f"cannot load the segmenter of {self.bundle}: {cause}") from None
-        args = [k for k in parser.get("inference") if not k.startswith("_") and k not in _PER_REQUEST]
-        self.kwargs = {k: parser.get_parsed_content(f"inference::{k}") for k in args}
+        args = [k for k in parser.get("evaluator") if not k.startswith("_") and k not in _PER_REQUEST]
+        self.kwargs = {k: parser.get_parsed_content(f"evaluator::{k}") for k in args}
         self.level, self.mpp = parser.get_parsed_content("level"), parser.get_parsed_content("mpp")
         configure(False, parser.get("num_threads"))  # threads only: a server is never restarted for the allocator
         self.metadata = _read_json(self.bundle / "configs" / "metadata.json")
