@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import fire
 
 
@@ -38,7 +40,13 @@ def main() -> None:
     from scripts.runtime.settings import install_error_handler
 
     install_error_handler()  # a bad setting or input file: one "error:" line and exit status 2
-    fire.Fire(_commands(), name="scripts")
+    try:
+        fire.Fire(_commands(), name="scripts")
+    except SystemExit as stop:  # a command's own "error: ..." stop: the same one line and exit status 2
+        if not isinstance(stop.code, str):
+            raise
+        print(stop.code, file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -285,7 +285,7 @@ def test_server_end_to_end(case, tmp_path):
     log_path = tmp_path / "server.log"
     with open(log_path, "w") as log:
         server = subprocess.Popen(
-            [python, "-m", "monailabel.main", "start_server", "--app", str(bundle / "scripts" / "label_app"),
+            [python, "-m", "monailabel.main", "start_server", "--app", str(bundle / "scripts" / "apps" / "label_app"),
              "--studies", str(studies), "--conf", "models", "nuclei", "--host", "127.0.0.1", "--port", str(port)],
             cwd=tmp_path, env=ENV, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
@@ -349,6 +349,7 @@ def test_server_end_to_end(case, tmp_path):
         for endpoint, data in (("infer/nuclei", b""), ("infer/wsi/nuclei", region)):
             with pytest.raises(urllib.error.HTTPError) as refused:
                 _request(f"{url}/{endpoint}?image={urllib.parse.quote(str(outside))}", data, json_headers)
+            assert refused.value.code == 404
             answers.append(refused.value.read().decode(errors="replace"))
         assert all("not found in the datastore" in a for a in answers), answers
     finally:

@@ -117,6 +117,13 @@ def test_bad_settings_give_one_line_and_exit_2(args, message):
 
 
 @pytest.mark.slow
+def test_a_commands_own_stop_is_one_line_and_exit_2(tmp_path):
+    run = _cli("scripts", "pipeline", "--profile", "huge", "--output", str(tmp_path / "out"))
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert run.stderr.strip().splitlines() == ["error: profile must be one of ('tiny', 'cpu', 'smoke'), got 'huge'"]
+
+
+@pytest.mark.slow
 def test_debug_mode_shows_the_traceback():
     env_run = subprocess.run(
         [sys.executable, "-m", "scripts", "pipeline", "--seed", "abc"],

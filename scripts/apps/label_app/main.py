@@ -47,8 +47,8 @@ CODE_ROOT = Path(__file__).resolve().parents[3]
 if str(CODE_ROOT) not in sys.path:
     sys.path.insert(0, str(CODE_ROOT))
 
+from fastapi import HTTPException  # noqa: E402
 from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
-from monailabel.interfaces.exception import MONAILabelError, MONAILabelException  # noqa: E402
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType  # noqa: E402
 from monailabel.transform.writer import PolygonWriter  # noqa: E402
 
@@ -165,4 +165,4 @@ class PointSynthNucleiApp(MONAILabelApp):
         except ImageNotFoundError as e:
             if self.studies_folder is None and not os.path.exists(str(image)):
                 return None  # a remote datastore (DSA, XNAT) reads its own ids
-            raise MONAILabelException(MONAILabelError.INVALID_INPUT, str(e)) from None
+            raise HTTPException(status_code=404, detail=str(e)) from None
