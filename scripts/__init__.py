@@ -18,10 +18,12 @@ MONAI Label imports a bundle's custom code as the package ``scripts``; keep the 
 
 from pathlib import Path
 
-__all__ = ["CODE_ROOT", "source_root"]
+__all__ = ["CODE_ROOT", "SAMPLE_DATA", "source_root"]
 
 #: the folder holding ``scripts/``, ``networks/`` and ``transforms/``: the repository, or an exported bundle's root
 CODE_ROOT = Path(__file__).resolve().parents[1]
+#: the embedded sample (four MoNuSeg training crops with points and labels) in a checkout
+SAMPLE_DATA = CODE_ROOT / "bundle" / "sample_data"
 
 
 def source_root() -> Path:

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scripts import CODE_ROOT
+from scripts import CODE_ROOT, SAMPLE_DATA
 from scripts.data.generated_slide import make_slide, slide_sources
 
 REPO = CODE_ROOT
@@ -105,7 +105,7 @@ def _default_points_and_label(tile: str) -> tuple[np.ndarray, np.ndarray, str]:
         points = read_points(MONUSEG / "points" / f"{tile}.csv")
         label = np.asarray(Image.open(MONUSEG / "labels" / f"{tile}.png")).astype(np.int32)
         return points, label, f"MoNuSeg {tile} (1000x1000, {len(points)} points)"
-    sample = REPO / "bundle" / "sample_data" / "points"
+    sample = SAMPLE_DATA / "points"
     crops = [read_points(p) for p in sorted(sample.glob("*.csv"))]
     points = np.concatenate([crops[(i + j) % len(crops)] + [256 * i, 256 * j] for i in range(4) for j in range(4)])
     points = points[(points < 999.5).all(axis=1)]

@@ -29,7 +29,7 @@ from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 from PIL import Image
 from tqdm import tqdm
 
-from scripts import CODE_ROOT
+from scripts import SAMPLE_DATA
 from scripts.data.datalist import PrepareError, write_datalist
 from scripts.data.images import LabelReader, TileReader
 from scripts.evaluation.metrics import instance_metrics
@@ -37,7 +37,7 @@ from scripts.evaluation.visualize import contours_on, grid, hv_rgb, instances_rg
 from scripts.runtime.settings import check
 from transforms import HVMapd, LoadPointsd, PointsToEllipseMaskd
 
-SAMPLE = CODE_ROOT / "bundle" / "sample_data"
+SAMPLE = SAMPLE_DATA
 
 
 def demo(

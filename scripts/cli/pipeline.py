@@ -28,7 +28,7 @@ import numpy as np
 from monai.bundle import ConfigWorkflow
 from PIL import Image
 
-from scripts import CODE_ROOT, runtime
+from scripts import CODE_ROOT, SAMPLE_DATA, runtime
 from scripts.data.atomic import atomic_path
 from scripts.data.datalist import PrepareError
 from scripts.data.tiles import tile_datalist
@@ -40,7 +40,7 @@ __all__ = ["PROFILES", "pipeline", "run_workflow"]
 
 REPO = CODE_ROOT
 CONFIGS = REPO / "bundle" / "configs"
-SAMPLE = REPO / "bundle" / "sample_data"
+SAMPLE = SAMPLE_DATA
 
 #: profile -> (synthesis override files, segmentation override files, synthesize overrides); ``tiny`` is the ``cpu``
 #: segmenter recipe with a shorter schedule on smaller crops

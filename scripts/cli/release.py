@@ -21,15 +21,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from scripts import CODE_ROOT
+from scripts import CODE_ROOT, SAMPLE_DATA
 from scripts.data.atomic import atomic_path
-from scripts.data.images import load_tile
+from scripts.data.images import read_image
 from scripts.engines.checkpoint import load_network_weights
 from scripts.evaluation.metrics import aji
 from scripts.inference.predict import TilePredictor
@@ -37,7 +36,6 @@ from scripts.inference.predict import TilePredictor
 __all__ = ["release", "release_model"]
 
 BUNDLE = CODE_ROOT / "bundle"
-SAMPLE = BUNDLE / "sample_data"
 EVAL_KEYS = ("aji", "aji_plus", "pq", "object_dice", "pixel_iou", "pixel_f1", "point_f1")
 
 
@@ -57,7 +55,7 @@ def release_model(
         evaluation: that model's ``evaluation/metrics.json`` (the validation tiles).
         provenance: how the model was trained (command, data, date, machine), stored in the metadata.
         bundle: the bundle folder.
-        network: the segmenter to load into (default: ``inference.json``'s ``network_def`` inner network).
+        network: the segmenter to load into (default: ``network_def`` of the bundle's ``inference.json``).
         min_agreement: the lowest AJI allowed between the nuclei of the half-precision and the float32 weights on
             each sample tile.
 
@@ -69,9 +67,10 @@ def release_model(
     """
     bundle = Path(bundle)
     if network is None:
-        from networks import HoVerUNet
+        from monai.bundle import ConfigParser
 
-        network = HoVerUNet()
+        parser = ConfigParser(ConfigParser.load_config_files([bundle / "configs" / "inference.json"]))
+        network = parser.get_parsed_content("network_def")
     full = load_network_weights(network, model, what="segmentation model").eval()
     report = json.loads(Path(evaluation).read_text()) if Path(evaluation).is_file() else None
     if report is None or "mean" not in report:
@@ -79,8 +78,8 @@ def release_model(
     state32 = {k: v.detach().clone() for k, v in full.state_dict().items()}
     half = {k: v.half() if v.is_floating_point() else v for k, v in state32.items()}
     agreement = []
-    for path in sorted((SAMPLE / "images").glob("*.png")):
-        image = load_tile({"image": str(path), "points": str(SAMPLE / "points" / f"{path.stem}.csv")})[0]
+    for path in sorted((SAMPLE_DATA / "images").glob("*.png")):
+        image = torch.from_numpy(read_image(path).transpose(2, 0, 1).astype(np.float32))  # (3, H, W) in [0, 255]
         full.load_state_dict(state32)
         expected = TilePredictor(full)(image)
         full.load_state_dict(half)  # copied into the float32 parameters
@@ -123,10 +122,6 @@ def release_model(
 
 
 def release(model: str, evaluation: str, provenance: str) -> None:
-    """Make ``model`` the bundle's shipped segmenter (``bundle/models/model.pt``, fp16), with its ``evaluation``."""
-    try:
-        result = release_model(model, evaluation, provenance)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    print(json.dumps(result, indent=2))
+    """Make ``model`` the bundle's shipped segmenter (``bundle/models/model.pt``, fp16), with its ``evaluation``
+    (a bad file: one ``error:`` line and exit status 2, by :func:`scripts.runtime.settings.install_error_handler`)."""
+    print(json.dumps(release_model(model, evaluation, provenance), indent=2))

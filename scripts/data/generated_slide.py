@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scripts import CODE_ROOT
+from scripts import CODE_ROOT, SAMPLE_DATA
 
 __all__ = ["make_slide", "slide_sources"]
 
@@ -31,7 +31,7 @@ def slide_sources(size: int = 512) -> tuple[list[np.ndarray], str]:
     embedded sample crops, each mosaicked up to at least ``size`` px."""
     from PIL import Image
 
-    folder = MONUSEG / "images" if (MONUSEG / "images").is_dir() else REPO / "bundle" / "sample_data" / "images"
+    folder = MONUSEG / "images" if (MONUSEG / "images").is_dir() else SAMPLE_DATA / "images"
     tiles = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(folder.glob("*.png"))]
     reps = [max(1, math.ceil(size / min(t.shape[:2]))) for t in tiles]
     return [np.tile(t, (r, r, 1)) if r > 1 else t for t, r in zip(tiles, reps, strict=True)], str(folder)

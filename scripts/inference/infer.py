@@ -286,12 +286,10 @@ def region_nuclei(
         cy1, cx1 = min(cy1, roi[0] + roi[2]), min(cx1, roi[1] + roi[3])
     n = int(instances.max(initial=0))
     ids = np.arange(n + 1)
-    emitted = None
-    if claims is not None:  # nuclei mostly emitted already are dropped; the others lose the pixels already taken
+    overlap = None
+    if claims is not None:  # the pixels of nuclei already emitted are not this region's
         taken = claims.claimed(region.box)
         overlap = np.bincount(instances[taken], minlength=n + 1)
-        emitted = overlap >= 0.5 * np.bincount(instances.ravel(), minlength=n + 1)
-        emitted[0] = False
         instances = np.where(taken, 0, instances)
     area, gy, gx, od = _label_sums(instances, image, n)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -305,6 +303,8 @@ def region_nuclei(
         near = (ids > 0) & (area > 0) & ~owned
         near &= (gy >= max(cy0 - b, ry0) - 0.5) & (gy < min(cy1 + b, ry1) - 0.5)
         near &= (gx >= max(cx0 - b, rx0) - 0.5) & (gx < min(cx1 + b, rx1) - 0.5)
+        emitted = overlap >= area  # at least half of the nucleus (area + overlap before) is emitted already
+        emitted[0] = False
         owned = (owned | (near & claims.in_settled_core(gy, gx))) & ~emitted
         claims.settle((cy0, cx0, cy1, cx1), owned[instances], (by0, bx0))
     owned_ids = ids[owned]

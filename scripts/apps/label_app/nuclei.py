@@ -102,7 +102,7 @@ def resolve_image(
     real = path.resolve()
     inside_studies = studies is not None and os.path.isdir(studies) and real.is_relative_to(Path(studies).resolve())
     upload_dir = Path(uploads if uploads is not None else tempfile.gettempdir()).resolve()
-    upload = path.parent.resolve() == upload_dir and path.name.startswith("tmp") and real.parent == upload_dir
+    upload = real.parent == upload_dir and real.name.startswith("tmp")
     if inside_studies or upload:
         return str(real)
     raise not_found
