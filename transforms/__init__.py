@@ -19,6 +19,7 @@ Public API::
 
 from transforms.ellipse_mask import EllipseSample, PointsToEllipseMask, PointsToEllipseMaskd
 from transforms.hv_map import EncodeMask, EncodeMaskd, HVMap, HVMapd
+from transforms.outline_band import OutlineBandd, outline_band
 from transforms.points import AlignPointsd, LoadPoints, LoadPointsd, PointsToMap, PointsToMapd
 from transforms.points_io import PointsFileError, find_point_problems, points_inside, read_points
 from transforms.postprocess import (
@@ -43,6 +44,7 @@ __all__ = [
     "HoVerNetInstances",
     "LoadPoints",
     "LoadPointsd",
+    "OutlineBandd",
     "PointSample",
     "PointsFileError",
     "PointsToEllipseMask",
@@ -57,6 +59,7 @@ __all__ = [
     "TensorInstancesd",
     "find_point_problems",
     "load_point_prior",
+    "outline_band",
     "points_inside",
     "read_points",
     "sobel_range_of",

@@ -29,7 +29,7 @@ from scripts.data.atomic import atomic_path
 from scripts.engines.checkpoint import latest_checkpoint
 from scripts.evaluation.evaluate import COLUMN_LABELS, format_comparison
 
-__all__ = ["ROWS", "coherence", "compare"]
+__all__ = ["ROWS", "TEACHERS", "coherence", "compare"]
 
 #: row id -> (row name, training data, GAN ablation file or None, point source)
 ROWS = {
@@ -44,6 +44,29 @@ ROWS = {
         "ablation_c_full.json",
         "real",
     ),
+    "pseudo_refined": ("pseudo masks, then refined on the real tiles (teacher: pseudo)", "refined", None, None),
+    "pseudo_refined2": ("pseudo masks, refined twice (teacher: pseudo_refined)", "refined", None, None),
+    "pseudo_refined_h": (
+        "pseudo masks, then refined with haematoxylin outlines (teacher: pseudo)",
+        "refined",
+        None,
+        None,
+    ),
+    "c_refined": ("(c) ours, real points, then refined on the real tiles (teacher: c_real)", "refined", None, None),
+}
+
+#: refined row -> the row whose segmenter is its teacher (run first when it is not among the rows)
+TEACHERS = {
+    "pseudo_refined": "pseudo",
+    "pseudo_refined2": "pseudo_refined",
+    "pseudo_refined_h": "pseudo",
+    "c_refined": "c_real",
+}
+#: refined row -> its settings of refine.json beyond the teacher
+REFINE_SETTINGS = {
+    "pseudo_refined": {"refine_outlines": "teacher"},
+    "pseudo_refined2": {"refine_outlines": "teacher"},
+    "pseudo_refined_h": {"refine_outlines": "haematoxylin"},
 }
 
 
@@ -71,8 +94,13 @@ def compare(
         output: results folder: ``seed<k>/<row>/`` (segmentation run and ``evaluation/``), ``seed<k>/gan_a``,
             ``seed<k>/gan_c``, ``seed<k>/synthetic_<a|c>_<real|random>``, ``comparison.md``.
         profile: ``cpu`` or ``smoke``: the ``train_synthesis_<profile>.json`` and ``train_<profile>.json`` files.
-        rows: comma-separated row ids among ``upper, pseudo, a_real, c_real, c_random, c_real_pseudo`` (the last:
-            the synthetic pairs of ``c_real`` and the pseudo-mask tiles of ``pseudo`` together, not the paper's).
+        rows: comma-separated row ids among ``upper, pseudo, a_real, c_real, c_random, c_real_pseudo`` (the
+            synthetic pairs of ``c_real`` and the pseudo-mask tiles of ``pseudo`` together, not the paper's),
+            ``pseudo_refined`` and ``c_refined`` (the ``refine`` stage: the real training tiles labelled by the
+            ``pseudo`` or ``c_real`` segmenter under the points' constraints, then a student trained on them; the
+            teacher row runs first; ``pseudo_refined`` keeps the teacher's outlines, ``c_refined`` uses the default
+            haematoxylin outlines), ``pseudo_refined_h`` (as ``pseudo_refined`` with the outlines moved onto the
+            haematoxylin-dark pixels) and ``pseudo_refined2`` (a second round, teacher: ``pseudo_refined``).
         seeds: comma-separated seeds (e.g. ``0,1``): every stage of every row runs once per seed. A difference between
             rows smaller than the seed spread is not a result.
         gan_a, gan_c: finished GAN run folders to use as they are (for every seed); by default
@@ -87,6 +115,10 @@ def compare(
     unknown = [r for r in selected if r not in ROWS]
     if unknown:
         raise SystemExit(f"error: unknown rows {unknown}; choose among {list(ROWS)}")
+    for row in list(reversed(TEACHERS)):  # a teacher that is itself refined gets its own teacher first
+        teacher = TEACHERS[row]
+        if row in selected and teacher not in selected[: selected.index(row)]:
+            selected.insert(selected.index(row), teacher)
     seed_list = _seeds(seeds)
     _check_gan_checkpoint(gan_checkpoint)
     out = Path(output)
@@ -171,7 +203,19 @@ def _compare_seed(
                     **common,
                 )
                 seg["synthetic_datalist"] = str(synthetic_dir / "datalist.json")
-            seconds = run_workflow(f"{row} (seed {seed}): segmenter", "training", seg_files, **seg, **common)
+            if row in TEACHERS:
+                teacher = out / TEACHERS[row] / "model.pt"
+                seconds = run_workflow(
+                    f"{row} (seed {seed}): refine",
+                    "refine",
+                    [*seg_files, CONFIGS / "refine.json"],
+                    teacher_path=str(teacher),
+                    **REFINE_SETTINGS.get(row, {}),
+                    **seg,
+                    **common,
+                )
+            else:
+                seconds = run_workflow(f"{row} (seed {seed}): segmenter", "training", seg_files, **seg, **common)
             seconds += run_workflow(
                 f"{row} (seed {seed}): evaluate",
                 "evaluating",

@@ -263,7 +263,8 @@ def _write_folder(root: Path, src: Path, config: dict, network: torch.nn.Module)
         shutil.copytree(src / "docs", root / "docs")
     if (REPO / "LICENSE").is_file():
         shutil.copy2(REPO / "LICENSE", root / "LICENSE")
-    if src != REPO and (REPO / "README.md").is_file():  # a checkout: its README becomes the bundle's
+    readme = root / "docs" / "README.md"  # the model card (bundle/docs/README.md), else the checkout's README
+    if src != REPO and not readme.is_file() and (REPO / "README.md").is_file():
         (root / "docs").mkdir(exist_ok=True)
         shutil.copy2(REPO / "README.md", root / "docs" / "README.md")
     for path in code_closure([*_config_modules(root / "configs"), *APP_MODULES]):

@@ -9,11 +9,11 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""The main job: points -> masks -> GAN -> synthetic pairs -> segmenter -> evaluation, in one command.
+"""The main job: points -> masks -> GAN -> synthetic pairs -> segmenter -> refine -> evaluation, in one command.
 
-``python -m scripts pipeline`` runs the four bundle workflows (``train_synthesis.json``, ``synthesize.json``,
-``train.json``, ``evaluate.json``) in this process with one profile, then draws a one-page summary. Every stage
-resumes: run the same command again after an interruption and finished work is kept.
+``python -m scripts pipeline`` runs the bundle workflows (``train_synthesis.json``, ``synthesize.json``,
+``train.json``, ``refine.json``, ``evaluate.json``) in this process with one profile, then draws a one-page summary.
+Every stage resumes: run the same command again after an interruption and finished work is kept.
 """
 
 from __future__ import annotations
@@ -42,16 +42,22 @@ REPO = CODE_ROOT
 CONFIGS = REPO / "bundle" / "configs"
 SAMPLE = SAMPLE_DATA
 
-#: profile -> (synthesis override files, segmentation override files, synthesize overrides); ``tiny`` is the ``cpu``
-#: segmenter recipe with a shorter schedule on smaller crops
+#: profile -> (synthesis override files, segmentation override files, synthesize overrides, refine overrides);
+#: ``tiny`` is the ``cpu`` segmenter recipe with a shorter schedule on smaller crops
 PROFILES = {
     "tiny": (
         ("train_synthesis_tiny.json",),
         ("train_cpu.json", "train_tiny.json"),
         {"masks_per_tile": 2, "draws_per_mask": 2},
+        {"iterations": 100},
     ),
-    "cpu": (("train_synthesis_cpu.json",), ("train_cpu.json",), {"masks_per_tile": 2, "draws_per_mask": 2}),
-    "smoke": (("train_synthesis_smoke.json",), ("train_smoke.json",), {"masks_per_tile": 1, "draws_per_mask": 1}),
+    "cpu": (("train_synthesis_cpu.json",), ("train_cpu.json",), {"masks_per_tile": 2, "draws_per_mask": 2}, {}),
+    "smoke": (
+        ("train_synthesis_smoke.json",),
+        ("train_smoke.json",),
+        {"masks_per_tile": 1, "draws_per_mask": 1},
+        {},
+    ),
 }
 
 
@@ -61,17 +67,22 @@ def pipeline(
     profile: str = "tiny",
     points: str = "real",
     seed: int = 0,
+    refine: bool = True,
 ) -> None:
     """Run the whole method on a data folder and write ``output/summary.png`` and ``output/metrics.md``.
 
     Args:
         data: folder with ``images/`` and ``points/`` (``labels/`` to score the result, ``split.json`` to fix the
             validation tiles); the embedded MoNuSeg sample by default.
-        output: results folder (``gan/``, ``synthetic/``, ``segmentation/``, ``evaluation/``, the summary).
+        output: results folder (``gan/``, ``synthetic/``, ``segmentation/``, ``refine/``, ``evaluation/``, the
+            summary).
         profile: ``tiny`` (minutes, the embedded sample), ``cpu`` (the CPU profiles, e.g. on MoNuSeg) or
             ``smoke`` (seconds, for tests).
         points: ``real`` (synthesize from the training tiles' points) or ``random`` (from the fitted prior).
         seed: seed of every stage.
+        refine: run the refine stage (``refine.json``): the segmenter trained on synthetic pairs labels the real
+            training tiles under the points' constraints and a student trains on them; the student is the result
+            (``refine/model.pt``). ``--refine False`` stops at the segmenter.
     """
     if profile not in PROFILES:
         raise SystemExit(f"error: profile must be one of {tuple(PROFILES)}, got {profile!r}")
@@ -79,7 +90,7 @@ def pipeline(
         raise SystemExit(f"error: points must be 'real' or 'random', got {points!r}")
     check(seed=seed)
     data_dir, out = Path(data), Path(output)
-    gan_profile, seg_profile, synth = PROFILES[profile]
+    gan_profile, seg_profile, synth, refine_overrides = PROFILES[profile]
     gan_files = [CONFIGS / "train_synthesis.json", *(CONFIGS / f for f in gan_profile)]
     seg_files = [CONFIGS / "train.json", *(CONFIGS / f for f in seg_profile)]
     problems = check_data_folder(data_dir, gan_files, seg_files, seed)
@@ -90,14 +101,16 @@ def pipeline(
     common = {"data_dir": str(data_dir), "seed": seed}
     gan_dir, synthetic_dir = out / "gan", out / "synthetic"
     seg_dir, model_path = out / "segmentation", out / "segmentation" / "model.pt"
-    timings = {}
+    timings: dict[str, float] = {}
+    total = 5 if refine else 4
 
     def stage(name: str, run_id: str, files: list[Path], **overrides) -> None:
+        name = f"{len(timings) + 1}/{total} {name}"
         timings[name] = run_workflow(name, run_id, files, **common, **overrides)
 
-    stage("1/4 mask -> image GAN", "training", gan_files, output_dir=str(gan_dir))
+    stage("mask -> image GAN", "training", gan_files, output_dir=str(gan_dir))
     stage(
-        "2/4 synthesize",
+        "synthesize",
         "synthesize",
         [*gan_files, CONFIGS / "synthesize.json"],
         output_dir=str(gan_dir),
@@ -106,17 +119,28 @@ def pipeline(
         **synth,
     )
     seg = {"output_dir": str(seg_dir), "model_path": str(model_path), "training_data": "synthetic"}
-    stage("3/4 segmenter", "training", seg_files, synthetic_datalist=str(synthetic_dir / "datalist.json"), **seg)
+    stage("segmenter", "training", seg_files, synthetic_datalist=str(synthetic_dir / "datalist.json"), **seg)
+    evaluations = {"ours (synthetic pairs)": (seg, out / "evaluation_segmenter" if refine else out / "evaluation")}
+    if refine:
+        refined = {"output_dir": str(out / "refine"), "model_path": str(out / "refine" / "model.pt")}
+        stage(
+            "refine",
+            "refine",
+            [*seg_files, CONFIGS / "refine.json"],
+            teacher_path=str(model_path),
+            **refined,
+            **refine_overrides,
+        )
+        evaluations["ours (synthetic pairs, refined)"] = ({**refined, "training_data": "refined"}, out / "evaluation")
     labelled = (data_dir / "labels").is_dir()
     if labelled:
-        stage(
-            "4/4 evaluate",
-            "evaluating",
-            [*seg_files, CONFIGS / "evaluate.json"],
-            eval_dir=str(out / "evaluation"),
-            **seg,
-        )
-    _summary(data_dir, out, labelled, timings, profile, points)
+        for row, (settings, eval_dir) in evaluations.items():
+            name = f"evaluate {row}" if refine else "evaluate"
+            timings[f"{total}/{total} {name}"] = run_workflow(
+                name, "evaluating", [*seg_files, CONFIGS / "evaluate.json"], eval_dir=str(eval_dir), **common,
+                **settings,
+            )  # fmt: skip
+    _summary(data_dir, out, labelled, timings, profile, points, {k: v[1] for k, v in evaluations.items()})
     print(f"[pipeline] done in {sum(timings.values()):.0f} s: {out / 'summary.png'}, {out / 'metrics.md'}")
 
 
@@ -161,8 +185,11 @@ def run_workflow(name: str, run_id: str, files: list[Path], **overrides) -> floa
     return round(time.perf_counter() - start, 1)
 
 
-def _summary(data_dir: Path, out: Path, labelled: bool, timings: dict, profile: str, points: str) -> None:
-    """``summary.png`` (points, sampled masks, synthetic images, predictions) and ``metrics.md`` / ``.json``."""
+def _summary(
+    data_dir: Path, out: Path, labelled: bool, timings: dict, profile: str, points: str, evaluations: dict[str, Path]
+) -> None:
+    """``summary.png`` (points, sampled masks, synthetic images, the final model's predictions) and ``metrics.md`` /
+    ``.json`` (``validation_mean``: the final model's; ``validation``: every evaluated model's)."""
     synthetic = json.loads((out / "synthetic" / "datalist.json").read_text())["training"]
     rows, size = [], 256
     for item in synthetic[:: max(1, len(synthetic) // 3)][:3]:
@@ -186,13 +213,24 @@ def _summary(data_dir: Path, out: Path, labelled: bool, timings: dict, profile: 
     picture = grid(rows, titles)
     with atomic_path(out / "summary.png") as tmp:
         picture.save(tmp, format="PNG")
-    summary = {"profile": profile, "points": points, "seconds": timings, "validation_mean": metrics}
+    every = (
+        {row: json.loads((d / "metrics.json").read_text())["mean"] for row, d in evaluations.items()}
+        if labelled
+        else {}
+    )
+    summary = {
+        "profile": profile,
+        "points": points,
+        "seconds": timings,
+        "validation_mean": metrics,
+        "validation": every,
+    }
     with atomic_path(out / "metrics.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
     lines = [f"# Pipeline results ({profile} profile, {points} points)", "", "Stage times (s): "]
     lines[-1] += ", ".join(f"{k}: {v}" for k, v in timings.items())
     if labelled:
-        lines += ["", format_comparison({"ours (synthetic pairs)": str(out / "evaluation" / "metrics.json")})]
+        lines += ["", format_comparison({row: str(d / "metrics.json") for row, d in evaluations.items()})]
     with atomic_path(out / "metrics.md") as tmp:
         tmp.write_text("\n".join(lines) + "\n")
 

@@ -20,10 +20,13 @@ region in that level's pixels, ``thumbnail()`` a small overview. Kinds:
   decodes the whole level for every patch);
 - any slide with MONAI's ``WSIReader`` and the OpenSlide or cuCIM backend, when installed (:class:`WSIReaderSource`).
 
+:func:`at_mpp` shows any of them at another resolution (:class:`ResampledSource`), e.g. the one a model was trained at.
+
 Pixels follow the rules of :mod:`scripts.data.images` (the one reader): grayscale is copied to RGB, alpha is
 composited onto white and 16-bit samples are scaled to 8 bits (both with a warning for a tile), other sample types
-are refused. Levels are picked by index or by microns per pixel (``mpp``, within 10 %); a missing one
-is an error that lists what the image has.
+are refused. Levels are picked by index, by microns per pixel (``mpp``, within 10 %) or as the one nearest a
+resolution (``target_mpp``); a missing one is an error that lists what the image has. Tiles carry no resolution:
+it comes from ``tile_mpp`` or from the ``mpp`` column of a ``meta.csv`` beside them (:func:`tile_mpp_of`).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from scripts.data.images import as_rgb8, decode_image
 
@@ -45,10 +49,13 @@ __all__ = [
     "ArraySource",
     "ImageSource",
     "LevelInfo",
+    "ResampledSource",
     "TiffSource",
     "WSIReaderSource",
+    "at_mpp",
     "find_inputs",
     "open_image",
+    "tile_mpp_of",
     "tissue_mask",
 ]
 
@@ -297,7 +304,101 @@ class WSIReaderSource(ImageSource):
         return as_rgb8(np.asarray(patch), str(self.path), warn=False)
 
 
-def _choose_level(source: ImageSource, level: int | None, mpp: float | None) -> int:
+class ResampledSource(ImageSource):
+    """An image at another resolution: ``mpp`` microns per pixel instead of those of ``source``'s level.
+
+    Pixels are interpolated by cubic convolution (Keys, a = -0.5, as PIL's bicubic when enlarging), after a Gaussian
+    anti-aliasing filter when reducing (sigma ``(f - 1) / 2`` for a reduction by ``f``, as
+    ``skimage.transform.rescale``), with the image's edge pixels repeated beyond it. Pixel ``p`` samples ``source`` at
+    ``(p + 0.5) / scale - 0.5``, so a region read on its own equals the same region of the whole image resampled at
+    once: regions agree at their seams. One level, whose ``downsample`` is level-0 pixels of ``source`` per pixel
+    here: coordinates scaled by it land in the original level-0 frame.
+    """
+
+    def __init__(self, source: ImageSource, mpp: float) -> None:
+        if not source.mpp or not mpp or mpp <= 0:
+            raise ValueError(f"{source.path}: resampling needs both resolutions, got {source.mpp} and {mpp} um/px.")
+        self.source, self.scale = source, source.mpp / mpp  # px here per px of the level read
+        self.path, self.is_slide, self.level = source.path, source.is_slide, 0
+        h, w = source.shape
+        shape = (max(1, round(h * self.scale)), max(1, round(w * self.scale)))
+        self.levels = [LevelInfo(source.level, shape, source.downsample / self.scale, mpp)]
+        self.sigma = max(0.0, (1 / self.scale - 1) / 2)
+
+    def read_level(self, level: int, y: int, x: int, h: int, w: int) -> np.ndarray:
+        pad = int(4.0 * self.sigma + 0.5) if self.sigma > 0 else 0  # scipy's Gaussian radius (truncate 4)
+        height, width = self.source.shape
+        y0, y1, rows, row_weights = _cubic_taps(y, h, self.scale, height, pad)
+        x0, x1, cols, col_weights = _cubic_taps(x, w, self.scale, width, pad)
+        patch = self.source.read(y0, x0, y1 - y0, x1 - x0).astype(np.float32)
+        if self.sigma > 0:
+            patch = ndimage.gaussian_filter(patch, (self.sigma, self.sigma, 0), mode="nearest", truncate=4.0)
+        patch = sum(patch[rows[:, k]] * row_weights[:, k, None, None] for k in range(4))
+        patch = sum(patch[:, cols[:, k]] * col_weights[None, :, k, None] for k in range(4))
+        return np.clip(patch + 0.5, 0, 255).astype(np.uint8)
+
+    def thumbnail(self, max_side: int = 2048) -> tuple[np.ndarray, float]:
+        thumbnail, scale = self.source.thumbnail(max_side)
+        return thumbnail, scale / self.scale
+
+    def close(self) -> None:
+        self.source.close()
+
+
+def _cubic_taps(start: int, count: int, scale: float, size: int, pad: int) -> tuple[int, int, np.ndarray, np.ndarray]:
+    """Cubic-convolution taps along one axis for output pixels ``start .. start + count``: the span ``[a, b)`` of the
+    source axis (``size`` px) to read, widened by ``pad``, and per output pixel its four source pixels (relative to
+    ``a``, clamped to the axis) and their weights, (count, 4) each."""
+    centres = (np.arange(start, start + count) + 0.5) / scale - 0.5
+    first = np.floor(centres)
+    distance = np.abs(centres[:, None] - (first[:, None] + np.arange(-1, 3)))  # (count, 4), in [0, 2]
+    a = -0.5
+    near = ((a + 2) * distance - (a + 3)) * distance**2 + 1
+    far = ((a * distance - 5 * a) * distance + 8 * a) * distance - 4 * a
+    weights = np.where(distance <= 1, near, far).astype(np.float32)
+    taps = np.clip(first.astype(np.int64)[:, None] + np.arange(-1, 3), 0, size - 1)
+    lo, hi = max(int(taps.min()) - pad, 0), min(int(taps.max()) + pad + 1, size)
+    return lo, hi, taps - lo, weights
+
+
+def at_mpp(source: ImageSource, mpp: float | None, rtol: float = MPP_RTOL) -> ImageSource:
+    """``source`` seen at ``mpp`` microns per pixel (:class:`ResampledSource`); ``source`` itself when either
+    resolution is unknown or they differ by at most ``rtol`` (relative to ``mpp``)."""
+    if mpp is None or source.mpp is None or abs(source.mpp - mpp) <= rtol * mpp:
+        return source
+    return ResampledSource(source, mpp)
+
+
+def tile_mpp_of(path: str | Path) -> float | None:
+    """A tile's microns per pixel from the ``mpp`` column of the ``meta.csv`` beside it (row ``id`` = the file's stem);
+    ``None`` when there is no such file, column or row.
+
+    Raises:
+        ValueError: the row's value is not a positive number.
+    """
+    import csv
+
+    path = Path(path)
+    meta = path.parent / "meta.csv"
+    if not meta.is_file():
+        return None
+    with open(meta, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        if not {"id", "mpp"} <= set(reader.fieldnames or []):
+            return None
+        value = next(((r["mpp"] or "").strip() for r in reader if (r["id"] or "").strip() == path.stem), "")
+    if not value:
+        return None
+    try:
+        mpp = float(value)
+    except ValueError:
+        mpp = float("nan")
+    if not mpp > 0:
+        raise ValueError(f"{meta}: the mpp of {path.stem} must be a positive number, got {value!r}.")
+    return mpp
+
+
+def _choose_level(source: ImageSource, level: int | None, mpp: float | None, target_mpp: float | None = None) -> int:
     if level is not None and mpp is not None:
         raise ValueError("give either a level or an mpp, not both.")
     listing = "; ".join(lv.describe() for lv in source.levels)
@@ -309,6 +410,9 @@ def _choose_level(source: ImageSource, level: int | None, mpp: float | None) -> 
         if abs(best.mpp - mpp) > MPP_RTOL * mpp:
             raise ValueError(f"{source.path}: no level at {mpp} um/px (within {MPP_RTOL:.0%}); it has {listing}.")
         return best.index
+    if level is None and target_mpp is not None:  # the level nearest the resolution wanted (by ratio), else 0
+        known = [lv for lv in source.levels if lv.mpp is not None]
+        return min(known, key=lambda lv: abs(math.log(lv.mpp / target_mpp))).index if known else 0
     level = 0 if level is None else int(level)
     if not 0 <= level < len(source.levels):
         raise ValueError(f"{source.path}: has no level {level}; it has {listing}.")
@@ -337,16 +441,19 @@ def open_image(
     mpp: float | None = None,
     backend: str = "auto",
     tile_mpp: float | None = None,
+    target_mpp: float | None = None,
 ) -> ImageSource:
-    """Open a tile or a slide at a level (index or microns per pixel).
+    """Open a tile or a slide at a level (index, microns per pixel, or the one nearest a resolution).
 
     Args:
         path: image file.
-        level: pyramid level (default 0).
+        level: pyramid level (default: the one nearest ``target_mpp``, else 0).
         mpp: microns per pixel of the level to use instead of ``level`` (within 10 %).
         backend: slides: ``tifffile`` (region reads, built in), ``openslide``, ``cucim``, or ``auto`` (OpenSlide or,
             on a GPU, cuCIM when installed, else tifffile). Tiles are always read whole.
-        tile_mpp: microns per pixel of tiles (they carry none), used for areas in um^2.
+        tile_mpp: microns per pixel of tiles (they carry none).
+        target_mpp: without ``level`` and ``mpp``: take the level whose resolution is nearest this one (by ratio;
+            level 0 when the image has no resolution metadata).
 
     Raises:
         ValueError: missing, unreadable, truncated or unsupported files, gray images, missing levels.
@@ -375,7 +482,7 @@ def open_image(
         else:
             raise ValueError(f"unknown backend '{backend}' (expected auto, tifffile, openslide or cucim).")
     try:
-        source.level = _choose_level(source, level, mpp)
+        source.level = _choose_level(source, level, mpp, target_mpp)
         if min(source.shape) < 1:
             raise ValueError(f"{path}: empty image ({source.shape[0]}x{source.shape[1]} px).")
     except Exception:
@@ -506,7 +613,6 @@ def _datalist_entries(path: Path, key: str | None) -> list[tuple[str, Path]]:
 def tissue_mask(thumbnail: np.ndarray, threshold: float | None = None, dilation: int = 2) -> tuple[np.ndarray, float]:
     """Tissue in an RGB thumbnail: saturation above ``threshold`` (``None``: Otsu, clipped to [0.04, 0.15]),
     dilated by ``dilation`` px. Returns the mask and the threshold used."""
-    from scipy import ndimage
     from skimage.filters import threshold_otsu
 
     rgb = thumbnail.astype(np.float32)

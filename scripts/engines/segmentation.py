@@ -37,6 +37,7 @@ from monai.utils import HoVerNetBranch
 from scripts.data.atomic import atomic_path
 from scripts.data.datalist import PrepareError, build_datalist
 from scripts.data.images import load_tile, read_label
+from scripts.engines.losses import IGNORE_KEY
 from scripts.engines.validation import PeriodicValidation
 from scripts.evaluation.metrics import instance_metrics, point_f1
 from scripts.inference.predict import TilePredictor
@@ -50,15 +51,20 @@ __all__ = [
     "datalist_items",
     "encoder_parameters",
     "evaluation_items",
+    "real_training_items",
     "segmentation_datalist",
 ]
 
 #: kinds of training data of the segmentation workflow
-TRAINING_DATA = ("synthetic", "dense", "pseudo", "synthetic+pseudo")
+TRAINING_DATA = ("synthetic", "dense", "pseudo", "synthetic+pseudo", "refined")
 
 
 def segmentation_datalist(
-    training_data: str, data_dir: str | Path, synthetic_datalist: str | Path | None = None, seed: int = 0
+    training_data: str,
+    data_dir: str | Path,
+    synthetic_datalist: str | Path | None = None,
+    seed: int = 0,
+    refined_datalist: str | Path | None = None,
 ) -> dict[str, list[dict]]:
     """``{"training": [...], "validation": [...]}`` of the segmentation workflow.
 
@@ -66,7 +72,9 @@ def segmentation_datalist(
     quarter drawn with ``seed``) with their points, and their ``label`` when ``data_dir`` has ``labels/``.
     Training items: ``synthetic``: the ``image``/``label`` pairs of ``synthetic_datalist``; ``dense``: the real
     training tiles with their labels; ``pseudo``: the real training tiles with their ``points`` only (the
-    workflow samples a mask from them every time a tile is drawn); ``synthetic+pseudo``: both lists together.
+    workflow samples a mask from them every time a tile is drawn); ``synthetic+pseudo``: both lists together;
+    ``refined``: the ``image``/``label``/``ignore`` items of ``refined_datalist`` (the real training tiles with
+    point-constrained labels from a teacher, written by :class:`~scripts.engines.refine.PointConstrainedLabeller`).
 
     Raises:
         ValueError: unknown ``training_data``, or a missing synthetic datalist.
@@ -88,6 +96,10 @@ def segmentation_datalist(
                 "(bundle/configs/synthesize.json)."
             )
         training += [{k: t[k] for k in ("image", "label", "name")} for t in datalist_items(synthetic_datalist)]
+    if training_data == "refined":
+        if refined_datalist is None or not Path(str(refined_datalist)).is_file():
+            raise ValueError(f"{refined_datalist}: refined datalist not found; run the refine workflow (refine.json).")
+        training += [{k: t[k] for k in ("image", "label", "ignore", "name")} for t in datalist_items(refined_datalist)]
     if training_data == "dense":
         training += [{"image": t["image"], "label": t["label"], "name": t["name"]} for t in datalist["training"]]
     if training_data.endswith("pseudo"):
@@ -110,6 +122,12 @@ def _real_datalist(data: Path, seed: int) -> dict:
     if problems:
         raise PrepareError(problems)
     return datalist
+
+
+def real_training_items(data_dir: str | Path, seed: int = 0) -> list[dict]:
+    """The real training tiles of ``data_dir`` (``split.json``'s ``train`` list, else three quarters drawn with
+    ``seed``): ``image``, ``points``, ``name`` and ``label`` when the folder has ``labels/`` (for reporting only)."""
+    return _real_datalist(Path(str(data_dir)), seed)["training"]
 
 
 def datalist_items(path: str | Path, key: str = "training") -> list[dict]:
@@ -138,10 +156,13 @@ def evaluation_items(data_dir: str | Path, section: str = "validation", seed: in
 
 class PrepareBatchNucleus(PrepareBatch):
     """``(image, {NP: one-hot foreground (B, 2, H, W), HV: HoVer maps (B, 2, H, W)})`` from a batch dictionary,
-    the target format of MONAI's ``HoVerNetLoss`` (no nucleus types)."""
+    the target format of MONAI's ``HoVerNetLoss`` (no nucleus types); a batch with an ``ignore_key`` entry adds
+    the (B, 1, H, W) ignore mask of :class:`~scripts.engines.losses.MaskedHoVerNetLoss`."""
 
-    def __init__(self, image_key: str = "image", np_key: str = "label_np", hv_key: str = "hv_label") -> None:
-        self.image_key, self.np_key, self.hv_key = image_key, np_key, hv_key
+    def __init__(
+        self, image_key: str = "image", np_key: str = "label_np", hv_key: str = "hv_label", ignore_key: str = "ignore"
+    ) -> None:
+        self.image_key, self.np_key, self.hv_key, self.ignore_key = image_key, np_key, hv_key, ignore_key
 
     def __call__(
         self,
@@ -156,6 +177,8 @@ class PrepareBatchNucleus(PrepareBatch):
             return torch.as_tensor(batchdata[key]).to(device=device, non_blocking=non_blocking, **kwargs)
 
         label = {HoVerNetBranch.NP.value: get(self.np_key), HoVerNetBranch.HV.value: get(self.hv_key)}
+        if self.ignore_key in batchdata:
+            label[IGNORE_KEY] = get(self.ignore_key)
         return get(self.image_key), label
 
 

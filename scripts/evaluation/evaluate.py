@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -84,27 +85,33 @@ GT_COLOUR = (255, 255, 0)
 PRED_COLOUR = (0, 255, 0)
 UNKNOWN_ORGAN = "unknown"
 
+logger = logging.getLogger(__name__)
+
 Cell = float | int | str | tuple[float, float] | None
 
 
 def read_organs(data_dir: str | os.PathLike) -> dict[str, str]:
-    """``{image id: organ}`` from ``data_dir/meta.csv`` (columns ``id`` and ``organ``); ``{}`` when there is none.
+    """``{image id: organ}`` from ``data_dir/meta.csv`` (columns ``id`` and ``organ``); ``{}`` when there is none, or
+    when it has no ``organ`` column (organs unknown, said in one log line).
 
     ``data_dir`` may also be the CSV file itself. Rows with an empty id or organ are skipped.
 
     Raises:
-        ValueError: the file lacks an ``id`` or an ``organ`` column.
+        ValueError: the file has an ``organ`` column but no ``id`` column.
     """
     path = Path(data_dir)
     if path.is_dir():
         path = path / "meta.csv"
     if not path.is_file():
         return {}
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
-        missing = [c for c in ("id", "organ") if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{path}: needs the columns 'id' and 'organ'; missing {missing}, has {reader.fieldnames}")
+        columns = reader.fieldnames or []
+        if "organ" not in columns:
+            logger.info(f"{path}: no 'organ' column (has {columns}): organs unknown, no per-organ breakdown.")
+            return {}
+        if "id" not in columns:
+            raise ValueError(f"{path}: an 'organ' column needs an 'id' column (the image names); has {columns}.")
         rows = [(r["id"].strip(), (r["organ"] or "").strip()) for r in reader if r["id"]]
     return {i: organ for i, organ in rows if i and organ}
 

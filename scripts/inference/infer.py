@@ -22,6 +22,13 @@ exceeds the nucleus radius plus ``roi_size * overlap``. Their outlines, measurem
 writers of :mod:`scripts.data.writers` (memory does not grow with the slide). Slides skip background regions (saturation
 of a thumbnail, :func:`~scripts.data.slides.tissue_mask`).
 
+**Resolution**: the network works at the microns per pixel it was trained at (``model_mpp``, from the bundle's
+``metadata.json``, :func:`bundle_mpp`). A slide is read at the level nearest it; an image whose resolution (slide
+metadata, ``tile_mpp``, a ``meta.csv`` ``mpp`` column) differs from it by more than 10 % is resampled to it
+(:class:`~scripts.data.slides.ResampledSource`, pixel for pixel the same whatever the region) and everything above runs
+at that resolution; outlines, centroids and areas come back in level-0 pixels of the image, label maps and overlays
+in pixels of the level read (nearest neighbour). An image of unknown resolution is processed as it is.
+
 Many images (a folder, a CSV or a datalist, :func:`~scripts.data.slides.find_inputs`) are processed one after the other,
 or shared between the processes of a ``torchrun`` run (``multi_gpu_inference.json``,
 :func:`scripts.runtime.distributed.shard`).
@@ -55,7 +62,16 @@ from tqdm import tqdm
 
 from scripts.data.atomic import atomic_path, remove_stale_temporaries
 from scripts.data.images import as_rgb8
-from scripts.data.slides import ArraySource, ImageSource, find_inputs, open_image, tissue_mask
+from scripts.data.slides import (
+    ArraySource,
+    ImageSource,
+    ResampledSource,
+    at_mpp,
+    find_inputs,
+    open_image,
+    tile_mpp_of,
+    tissue_mask,
+)
 from scripts.data.writers import (
     CSVWriter,
     GeoJSONWriter,
@@ -72,7 +88,16 @@ from scripts.runtime import distributed
 from scripts.runtime.settings import as_bool
 from transforms import MONUSEG_RANGES, HoVerNetInstances
 
-__all__ = ["NucleusInference", "Region", "SeamClaims", "plan_regions", "region_nuclei", "simplify_ring"]
+__all__ = [
+    "NucleusInference",
+    "Region",
+    "SeamClaims",
+    "bundle_mpp",
+    "plan_regions",
+    "region_nuclei",
+    "simplify_ring",
+    "to_level_read",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -268,7 +293,7 @@ def region_nuclei(
         instances: (h, w) instance map of the region's box.
         image: (h, w, 3) uint8 pixels of the box (for the H&E measurements).
         region: the region.
-        downsample: level-0 px per px of the level read.
+        downsample: level-0 px per px of the frame processed (the level read, or it resampled).
         roi: (y, x, h, w) region of interest (default: the core only decides).
         image_shape: the level's (height, width), to tell a box edge at the image border from one inside it.
         polygons, raster, keep_image: what to return besides the measurements.
@@ -347,6 +372,40 @@ def region_nuclei(
     return nuclei, cut
 
 
+def _nearest_pixels(start: int, count: int, scale: float) -> tuple[int, np.ndarray]:
+    """Nearest-neighbour map along one axis from the level read to a frame of ``scale`` px per px: the level pixels
+    ``i`` whose frame pixel ``floor((i + 0.5) * scale)`` lies in ``start .. start + count``, as the first such ``i``
+    and, per pixel, its frame pixel relative to ``start`` (one global rule, so that regions agree)."""
+    candidates = np.arange(math.floor(start / scale) - 1, math.ceil((start + count) / scale) + 1)
+    frame = np.floor((candidates + 0.5) * scale).astype(np.int64)
+    inside = (frame >= start) & (frame < start + count)
+    return int(candidates[inside][0]) if inside.any() else 0, frame[inside] - start
+
+
+def to_level_read(nuclei: Nuclei, scale: float) -> Nuclei:
+    """Move a region's label raster and core from a resampled frame (``scale`` px per px of the level read) to the
+    level read, by nearest neighbour (outlines, centroids and areas are level-0 values already)."""
+    if nuclei.raster is not None:
+        y0, rows = _nearest_pixels(nuclei.origin[0], nuclei.raster.shape[0], scale)
+        x0, cols = _nearest_pixels(nuclei.origin[1], nuclei.raster.shape[1], scale)
+        nuclei.raster = np.ascontiguousarray(nuclei.raster[np.ix_(rows, cols)])
+        nuclei.origin = (y0, x0)
+    nuclei.core = tuple(c / scale for c in nuclei.core)
+    return nuclei
+
+
+def bundle_mpp(bundle_root: str | Path) -> float | None:
+    """The microns per pixel the bundle's network works at: ``network_data_format.inputs.image.mpp`` of
+    ``<bundle_root>/configs/metadata.json`` (``None`` when it is not given)."""
+    path = Path(bundle_root) / "configs" / "metadata.json"
+    try:
+        image = json.loads(path.read_text())["network_data_format"]["inputs"]["image"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    mpp = image.get("mpp") if isinstance(image, dict) else None
+    return float(mpp) if mpp is not None else None
+
+
 def _offset_ids(nuclei: Nuclei, offset: int) -> Nuclei:
     nuclei.ids = nuclei.ids + offset
     if nuclei.raster is not None and offset:
@@ -362,7 +421,8 @@ class NucleusInference:
         input: image file, folder of images, or CSV / datalist JSON (:func:`~scripts.data.slides.find_inputs`).
         output_dir: output folder (created).
         outputs: any of ``label``, ``geojson``, ``csv``, ``overlay``, ``nifti``.
-        level: pyramid level to process (default 0); or ``mpp``: its microns per pixel (within 10 %).
+        level: pyramid level to process (default: the one nearest ``model_mpp``, else 0); or ``mpp``: its microns per
+            pixel (within 10 %).
         roi: ``[y, x, h, w]`` in level-0 pixels (default: the whole image).
         backend: slide reader (:func:`~scripts.data.slides.open_image`).
         region_size: core size in px (rounded down to a multiple of the window stride).
@@ -375,7 +435,11 @@ class NucleusInference:
         workers: post-processing threads running beside the network (0: inline).
         label_format: tile label maps as ``png`` (16-bit) or ``tif`` (uint32); slides always get a pyramidal TIFF.
         overlay_size: longest side of the overlay in px.
-        tile_mpp: microns per pixel of tiles (for areas in um^2; slides carry their own).
+        tile_mpp: microns per pixel of tiles without a ``meta.csv`` ``mpp`` beside them (slides carry their own): areas
+            in um^2, and resampling to ``model_mpp``.
+        model_mpp: microns per pixel the network works at (``None``: process every image as it is). Slides are read at
+            the level nearest it (unless ``level`` / ``mpp`` is given) and images more than 10 % off are resampled
+            to it; ``region_size``, ``margin`` and ``roi_size`` are then pixels at ``model_mpp``.
         postprocessing: ``(np_logits, hv) -> (1, H, W)`` instances (default :class:`HoVerNetInstances` with the fixed
             normalisation ranges :data:`~transforms.MONUSEG_RANGES`, so that regions do not depend on each
             other's extremes; MONAI's per-input normalisation would make each region's markers differ).
@@ -407,6 +471,7 @@ class NucleusInference:
         label_format: str = "png",
         overlay_size: int = 4096,
         tile_mpp: float | None = None,
+        model_mpp: float | None = None,
         postprocessing: Callable | None = None,
         progress: bool = True,
         overwrite: bool = False,
@@ -423,7 +488,11 @@ class NucleusInference:
         self.roi_size, self.overlap = int(roi_size), float(overlap)
         self.tissue, self.tissue_threshold = as_bool(tissue, "tissue"), tissue_threshold
         self.workers, self.label_format, self.overlay_size = int(workers), label_format, int(overlay_size)
+        if model_mpp is not None and not float(model_mpp) > 0:
+            raise ValueError(f"model_mpp must be a positive number of microns per pixel or null, got {model_mpp!r}.")
         self.tile_mpp, self.progress = tile_mpp, progress
+        self.model_mpp = float(model_mpp) if model_mpp is not None else None
+        self._told_unknown = False
         self.overwrite, self.datalist_key = as_bool(overwrite, "overwrite"), datalist_key
         self.postprocessing = postprocessing if postprocessing is not None else HoVerNetInstances(**MONUSEG_RANGES)
         self.predictor = (
@@ -630,15 +699,21 @@ class NucleusInference:
         if isinstance(path, np.ndarray):
             opened: ImageSource = ArraySource(Path("region"), as_rgb8(path, "the region's pixels"), self.tile_mpp)
         else:
-            opened = open_image(path, self.level, self.mpp, self.backend, self.tile_mpp)
+            tile_mpp = tile_mpp_of(path)
+            tile_mpp = self.tile_mpp if tile_mpp is None else tile_mpp
+            opened = open_image(path, self.level, self.mpp, self.backend, tile_mpp, self.model_mpp)
         with opened as source:
+            frame = self._frame(source)  # what the network sees: the level read, or it resampled to model_mpp
+            factor = frame.scale if isinstance(frame, ResampledSource) else 1.0  # frame px per px of the level read
             roi = self._roi(source)
-            if min(roi[2], roi[3]) < MIN_IMAGE_SIDE:
+            frame_roi = self._roi(frame) if frame is not source else roi
+            if min(frame_roi[2], frame_roi[3]) < MIN_IMAGE_SIDE:
+                size = f"{frame_roi[2]}x{frame_roi[3]} px" + (f" at {frame.mpp} um/px" if factor != 1 else "")
                 raise ValueError(
-                    f"{source.path}: the image (or its roi) is {roi[2]}x{roi[3]} px at level {source.level}, smaller "
+                    f"{source.path}: the image (or its roi) is {size} at level {source.level}, smaller "
                     f"than the {MIN_IMAGE_SIDE} px the segmenter needs."
                 )
-            regions = plan_regions(source.shape, roi, self.region_size, self.margin, self.roi_size, self.overlap)
+            regions = plan_regions(frame.shape, frame_roi, self.region_size, self.margin, self.roi_size, self.overlap)
             thumbnail = None
             if source.is_slide and (self.tissue or "overlay" in self.outputs):
                 thumbnail, scale = source.thumbnail()
@@ -646,7 +721,7 @@ class NucleusInference:
             threshold = None
             if source.is_slide and self.tissue:
                 mask, threshold = tissue_mask(thumbnail, self.tissue_threshold)
-                todo = [r for r in regions if _has_tissue(mask, scale, r.core)]
+                todo = [r for r in regions if _has_tissue(mask, scale / factor, r.core)]
                 if not todo:
                     raise ValueError(
                         f"{source.path}: no tissue found (saturation threshold {threshold:.3f}) in the region of "
@@ -664,7 +739,7 @@ class NucleusInference:
             )
             writers = {**self._writers(source, info), **(sinks or {})}
             try:
-                stats = self._segment(source, roi, todo, writers, progress)
+                stats = self._segment(frame, frame_roi, todo, writers, progress, factor)
                 written = {kind: str(writer.commit()) for kind, writer in writers.items() if kind not in (sinks or {})}
                 for sink in (sinks or {}).values():
                     sink.commit()
@@ -683,6 +758,8 @@ class NucleusInference:
             "shape": list(source.shape),
             "level": source.level,
             "mpp": source.mpp,
+            "model_mpp": self.model_mpp,
+            "scale": round(factor, 6),
             "roi": list(roi),
             "regions": len(todo),
             "skipped_regions": len(regions) - len(todo),
@@ -695,6 +772,17 @@ class NucleusInference:
             "outputs": written,
         }
 
+    def _frame(self, source: ImageSource) -> ImageSource:
+        """``source`` at ``model_mpp`` (:func:`~scripts.data.slides.at_mpp`); as it is when either resolution is
+        unknown (said once per engine) or they agree within 10 %."""
+        if self.model_mpp is not None and source.mpp is None and not self._told_unknown:
+            logger.info(
+                f"{source.path}: resolution unknown (and any later such image): processed as it is; the model works "
+                f"at {self.model_mpp} um/px (give tile_mpp, or an mpp column in a meta.csv beside the tiles)."
+            )
+            self._told_unknown = True
+        return at_mpp(source, self.model_mpp)
+
     def _segment(
         self,
         source: ImageSource,
@@ -702,7 +790,10 @@ class NucleusInference:
         regions: list[Region],
         writers: dict[str, OutputWriter],
         progress: bool,
+        factor: float = 1.0,
     ) -> dict:
+        """Segment the ``regions`` of ``source`` (the frame the network sees) and feed the writers; ``factor``: frame
+        px per px of the level read, whose frame the label rasters and cores are moved back to."""
         polygons = any(writer.needs_polygons for writer in writers.values())
         raster = any(writer.needs_raster for writer in writers.values())
         keep_image = any(writer.needs_image for writer in writers.values())
@@ -723,6 +814,8 @@ class NucleusInference:
                 nuclei, cut = region_nuclei(
                     instances, image, region, source.downsample, roi, source.shape, polygons, raster, keep_image, claims
                 )
+            if factor != 1:
+                to_level_read(nuclei, factor)
             return nuclei, cut, time.perf_counter() - t
 
         def consume(result: tuple[Nuclei, int, float]) -> None:

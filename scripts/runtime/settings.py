@@ -126,6 +126,7 @@ RULES: dict[str, Callable[[str, Any], None]] = {
     "lr_step_fraction": _number(0.0, 1.0, low_open=True, high_open=False),
     "mpp": _number(0.0, low_open=True, optional=True),
     "tile_mpp": _number(0.0, low_open=True, optional=True),
+    "model_mpp": _number(0.0, low_open=True, optional=True),
     "tissue_threshold": _number(0.0, 1.0, low_open=True, optional=True),
     "fidelity_weight": _number(0.0),
     **{k: _flag for k in ("resume", "fast_allocator", "amp", "flip_tta", "tissue", "overwrite", "compile")},
@@ -134,7 +135,7 @@ RULES: dict[str, Callable[[str, Any], None]] = {
     "backend": _choice("auto", "tifffile", "openslide", "cucim"),
     "points_source": _choice("real", "random"),
     "points_section": _choice("training", "validation"),
-    "training_data": _choice("synthetic", "dense", "pseudo", "synthetic+pseudo"),
+    "training_data": _choice("synthetic", "dense", "pseudo", "synthetic+pseudo", "refined"),
     "eval_section": _choice("validation", "training", "all"),
 }
 

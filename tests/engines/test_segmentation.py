@@ -308,11 +308,17 @@ def test_main_job_runs_end_to_end_and_resumes(tmp_path):
     summary = json.loads((out / "metrics.json").read_text())
     for name in ("summary.png", "metrics.md", "metrics.json", "evaluation/metrics.json", "segmentation/model.pt"):
         assert (out / name).is_file(), name
-    assert set(summary["seconds"]) == {"1/4 mask -> image GAN", "2/4 synthesize", "3/4 segmenter", "4/4 evaluate"}
+    assert (out / "refine" / "model.pt").is_file() and (out / "refine" / "refined_labels" / "datalist.json").is_file()
+    assert set(summary["seconds"]) == {
+        "1/5 mask -> image GAN", "2/5 synthesize", "3/5 segmenter", "4/5 refine",
+        "5/5 evaluate ours (synthetic pairs)", "5/5 evaluate ours (synthetic pairs, refined)",
+    }  # fmt: skip
     assert 0.0 <= summary["validation_mean"]["aji"] <= 1.0
+    assert summary["validation_mean"] == summary["validation"]["ours (synthetic pairs, refined)"]
     picture = Image.open(out / "summary.png")
     assert picture.size == (4 * 260 + 4, 16 + 3 * 260 + 4)  # 3 rows x (points, mask, synthetic, prediction)
     assert "| ours (synthetic pairs) | 1 |" in (out / "metrics.md").read_text()
+    assert "| ours (synthetic pairs, refined) | 1 |" in (out / "metrics.md").read_text()
     images = sorted((out / "synthetic" / "images").glob("*.png"))
     stamps = {p: p.stat().st_mtime_ns for p in images}
     pipeline(output=str(out), profile="smoke")  # again: every stage resumes, nothing is redone or duplicated

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -218,9 +219,22 @@ def test_read_organs(tmp_path):
     (tmp_path / "meta.csv").write_text("id,organ,n_nuclei\nTCGA-A,liver,480\nTCGA-B,breast,12\n,colon,3\nTCGA-C,,4\n")
     assert read_organs(tmp_path) == {"TCGA-A": "liver", "TCGA-B": "breast"}
     assert read_organs(tmp_path / "meta.csv") == read_organs(tmp_path)
-    (tmp_path / "meta.csv").write_text("id,tissue\nTCGA-A,liver\n")
-    with pytest.raises(ValueError, match="'organ'"):
+    (tmp_path / "meta.csv").write_text("organ\nliver\n")
+    with pytest.raises(ValueError, match="'id'"):
         read_organs(tmp_path)
+
+
+def test_meta_csv_without_organs_is_accepted(tmp_path, caplog, sample_names):
+    """A data folder whose meta.csv has other columns only (e.g. ``mpp``): organs unknown, said once."""
+    (tmp_path / "meta.csv").write_text("id,mpp\nTCGA-A,0.25\n")
+    with caplog.at_level(logging.INFO, logger="scripts.evaluation.evaluate"):
+        organs = read_organs(tmp_path)
+    assert organs == {}
+    assert [r.getMessage() for r in caplog.records if "organ" in r.getMessage()] == [
+        f"{tmp_path / 'meta.csv'}: no 'organ' column (has ['id', 'mpp']): organs unknown, no per-organ breakdown."
+    ]
+    report = evaluate(_items(sample_names[:1]), _relabelled_gt, tmp_path / "out", organs=organs, progress=False)
+    assert report["per_organ"] == {} and report["per_image"][sample_names[0]]["organ"] is None
 
 
 def test_read_organs_monuseg(monuseg):

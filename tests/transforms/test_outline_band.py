@@ -1,0 +1,72 @@
+# Copyright (c) 2026 The pointsynth-nuclei authors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""The ignore band along pseudo-mask outlines (``pseudo_outline_ignore`` of the cpu profile)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from tests.helpers import REPO, SAMPLE, parse_configs
+from transforms import OutlineBandd, outline_band
+
+CONFIGS = REPO / "bundle" / "configs"
+
+
+def _square_pair() -> np.ndarray:
+    label = np.zeros((40, 60), np.int32)
+    label[10:30, 10:30] = 1
+    label[10:30, 30:50] = 2  # touching nucleus 1 along x = 30
+    return label
+
+
+def test_the_band_straddles_every_outline_by_width_pixels():
+    label = _square_pair()
+    for width in (1, 2, 3):
+        band = outline_band(label, width)
+        inside = ndi.distance_transform_cdt(label > 0, metric="chessboard")  # 1 on the nuclei's edge pixels
+        outside = ndi.distance_transform_cdt(label == 0, metric="chessboard")
+        assert np.array_equal(band[label == 0], outside[label == 0] <= width)
+        assert not band[20, 20]  # the centre of nucleus 1 is taught
+        assert band[20, 30 - width : 30 + width].all() and not band[20, 30 - width - 1]  # the shared outline
+        assert band[label > 0][inside[label > 0] <= width].all()
+    assert not outline_band(label, 0).any()
+    with pytest.raises(ValueError, match="width must be >= 0"):
+        outline_band(label, -1)
+
+
+def test_the_transform_adds_to_an_existing_mask_and_width_0_changes_nothing():
+    label = _square_pair()[None]
+    existing = np.zeros_like(label, dtype=np.uint8)
+    existing[0, 0, 0] = 1
+    out = OutlineBandd("label", width=2)({"label": label, "ignore": existing})
+    assert out["ignore"].shape == label.shape and out["ignore"][0, 0, 0] == 1
+    assert np.array_equal(out["ignore"][0] > 0, outline_band(label[0], 2) | (existing[0] > 0))
+    assert "ignore" not in OutlineBandd("label", width=0)({"label": label})
+
+
+def test_the_cpu_profile_ignores_pseudo_outlines_only_when_asked():
+    settings = {"data_dir": str(SAMPLE), "training_data": "pseudo", "crop_size": 64, "amp": False}
+    plain = parse_configs(CONFIGS / "train.json", CONFIGS / "train_cpu.json", **settings)
+    assert "ignore" not in next(iter(plain.get_parsed_content("train#dataloader")))
+    banded = parse_configs(CONFIGS / "train.json", CONFIGS / "train_cpu.json", pseudo_outline_ignore=2, **settings)
+    batch = next(iter(banded.get_parsed_content("train#dataloader")))
+    ignore, foreground = batch["ignore"][:, 0] > 0, batch["label_np"][:, 1] > 0
+    assert 0 < ignore.float().mean() < 0.5 and (foreground & ~ignore).any()
+    dense = parse_configs(
+        CONFIGS / "train.json",
+        CONFIGS / "train_cpu.json",
+        pseudo_outline_ignore=2,
+        **{**settings, "training_data": "dense"},
+    )
+    assert "ignore" not in next(iter(dense.get_parsed_content("train#dataloader")))  # real outlines are taught
