@@ -124,19 +124,28 @@ class PointConstrainedLabeller:
         return {k: self.output_dir / k / f"{name}.png" for k in ("teacher", "label", "ignore")}
 
     def _check_teacher(self) -> None:
-        """Labels of another teacher are never mixed in: ``teacher.json`` records the one they come from."""
+        """Labels of another teacher or other label settings are never mixed in: ``teacher.json`` records what the
+        labels of ``output_dir`` come from."""
         digest = hashlib.md5(self.teacher_path.read_bytes()).hexdigest()
+        settings = {"outlines": self.outlines, "seed": self.seed}
         record = self.output_dir / "teacher.json"
         if record.is_file():
-            known = json.loads(record.read_text()).get("md5")
-            if known != digest:
+            known = json.loads(record.read_text())
+            if known.get("md5") != digest:
                 raise ValueError(
-                    f"{self.output_dir}: holds labels from another teacher (md5 {known}, {self.teacher_path} is "
-                    f"{digest}); choose another output_dir."
+                    f"{self.output_dir}: holds labels from another teacher (md5 {known.get('md5')}, "
+                    f"{self.teacher_path} is {digest}); choose another output_dir."
+                )
+            if any(known.get(k, v) != v for k, v in settings.items()):
+                raise ValueError(
+                    f"{self.output_dir}: holds labels made with other settings "
+                    f"({ {k: known.get(k) for k in settings} }, now {settings}); choose another output_dir."
                 )
             return
         with atomic_path(record) as tmp:
-            tmp.write_text(json.dumps({"teacher_path": str(self.teacher_path), "md5": digest}, indent=2) + "\n")
+            tmp.write_text(
+                json.dumps({"teacher_path": str(self.teacher_path), "md5": digest, **settings}, indent=2) + "\n"
+            )
 
     def _label_tile(self, item: dict, index: int, paths: dict[str, Path]) -> None:
         image, points = load_tile(item)
