@@ -29,7 +29,7 @@ from scripts.data.atomic import atomic_path
 from scripts.engines.checkpoint import latest_checkpoint
 from scripts.evaluation.evaluate import COLUMN_LABELS, format_comparison
 
-__all__ = ["ROWS", "TEACHERS", "coherence", "compare"]
+__all__ = ["REFINED", "ROWS", "coherence", "compare"]
 
 #: row id -> (row name, training data, GAN ablation file or None, point source)
 ROWS = {
@@ -55,18 +55,13 @@ ROWS = {
     "c_refined": ("(c) ours, real points, then refined on the real tiles (teacher: c_real)", "refined", None, None),
 }
 
-#: refined row -> the row whose segmenter is its teacher (run first when it is not among the rows)
-TEACHERS = {
-    "pseudo_refined": "pseudo",
-    "pseudo_refined2": "pseudo_refined",
-    "pseudo_refined_h": "pseudo",
-    "c_refined": "c_real",
-}
-#: refined row -> its settings of refine.json beyond the teacher
-REFINE_SETTINGS = {
-    "pseudo_refined": {"refine_outlines": "teacher"},
-    "pseudo_refined2": {"refine_outlines": "teacher"},
-    "pseudo_refined_h": {"refine_outlines": "haematoxylin"},
+#: refined row -> (the row whose segmenter is its teacher, run first when it is not among the rows; refine.json's
+#: ``refine_outlines``)
+REFINED = {
+    "pseudo_refined": ("pseudo", "teacher"),
+    "pseudo_refined2": ("pseudo_refined", "teacher"),
+    "pseudo_refined_h": ("pseudo", "haematoxylin"),
+    "c_refined": ("c_real", "haematoxylin"),
 }
 
 
@@ -115,8 +110,8 @@ def compare(
     unknown = [r for r in selected if r not in ROWS]
     if unknown:
         raise SystemExit(f"error: unknown rows {unknown}; choose among {list(ROWS)}")
-    for row in list(reversed(TEACHERS)):  # a teacher that is itself refined gets its own teacher first
-        teacher = TEACHERS[row]
+    for row in reversed(REFINED):  # a teacher that is itself refined gets its own teacher first
+        teacher = REFINED[row][0]
         if row in selected and teacher not in selected[: selected.index(row)]:
             selected.insert(selected.index(row), teacher)
     seed_list = _seeds(seeds)
@@ -203,14 +198,14 @@ def _compare_seed(
                     **common,
                 )
                 seg["synthetic_datalist"] = str(synthetic_dir / "datalist.json")
-            if row in TEACHERS:
-                teacher = out / TEACHERS[row] / "model.pt"
+            if row in REFINED:
+                teacher, outlines = REFINED[row]
                 seconds = run_workflow(
                     f"{row} (seed {seed}): refine",
                     "refine",
                     [*seg_files, CONFIGS / "refine.json"],
-                    teacher_path=str(teacher),
-                    **REFINE_SETTINGS.get(row, {}),
+                    teacher_path=str(out / teacher / "model.pt"),
+                    refine_outlines=outlines,
                     **seg,
                     **common,
                 )

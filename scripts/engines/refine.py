@@ -10,12 +10,13 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 """Stage 5 (``refine.json``): a teacher segments the real training tiles, the user's points turn its nuclei into
-training labels (:func:`transforms.point_constrained_labels`), and a student trains on them.
+training labels (:func:`transforms.point_labels.point_constrained_labels`), and a student trains on them.
 
 :class:`PointConstrainedLabeller` writes, into its ``output_dir``: ``teacher/<name>.png`` (the teacher's instance
-map), ``labels/<name>.png`` (nucleus ``i + 1`` holds point ``i``), ``ignore/<name>.png`` (1 = the loss skips the
-pixel), ``datalist.json`` (the student's training items), ``diagnostics.json`` and ``refine_example.png``. Every file
-is written atomically and a tile already written is not redone, so an interrupted run resumes where it stopped.
+map), ``label/<name>.png`` (nucleus ``i + 1`` holds point ``i``), ``counts/<name>.json`` (the label rules' counts),
+``ignore/<name>.png`` (1 = the loss skips the pixel), ``datalist.json`` (the student's training items),
+``diagnostics.json`` and ``refine_example.png``. Every file is written atomically and a tile already written is not
+redone, so an interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from transforms.point_labels import PointLabels, haematoxylin_outlines, point_co
 
 __all__ = ["OUTLINES", "PointConstrainedLabeller"]
 
-_COUNTS = ("kept", "split", "filled", "missing", "removed", "outlines_moved")
+_COUNTS = ("points", "kept", "split", "filled", "missing", "removed", "outlines_moved")
 #: where the refined nuclei's outlines come from
 OUTLINES = ("teacher", "haematoxylin")
 
@@ -103,7 +104,7 @@ class PointConstrainedLabeller:
         loaded = False
         for index, item in enumerate(tqdm(self.items, desc="refine labels", unit="tile")):
             paths = self._paths(item["name"])
-            if all(p.is_file() for p in paths.values()):
+            if all(p.is_file() for p in paths.values()):  # labelled before this run: not redone
                 continue
             if not loaded:
                 state = torch.load(self.teacher_path, map_location="cpu", weights_only=True)
@@ -121,7 +122,13 @@ class PointConstrainedLabeller:
         return self.datalist_path
 
     def _paths(self, name: str) -> dict[str, Path]:
-        return {k: self.output_dir / k / f"{name}.png" for k in ("teacher", "label", "ignore")}
+        """A tile's files, in the order they are written: the ignore mask last, so a tile is done once it exists."""
+        pictures = {k: self.output_dir / k / f"{name}.png" for k in ("teacher", "label")}
+        return {
+            **pictures,
+            "counts": self.output_dir / "counts" / f"{name}.json",
+            "ignore": self.output_dir / "ignore" / f"{name}.png",
+        }
 
     def _check_teacher(self) -> None:
         """Labels of another teacher or other label settings are never mixed in: ``teacher.json`` records what the
@@ -156,11 +163,15 @@ class PointConstrainedLabeller:
         pictures = {
             "teacher": instances.astype(np.uint16),
             "label": result.label.astype(np.uint16),
+            "counts": {"points": len(points), **result.counts},
             "ignore": result.ignore.astype(np.uint8),
         }
-        for key, array in pictures.items():  # the ignore mask last: a tile counts as done once it exists
+        for key, value in pictures.items():  # in the order of _paths: the ignore mask last
             with atomic_path(paths[key]) as tmp:
-                Image.fromarray(array).save(tmp, format="PNG")
+                if key == "counts":
+                    tmp.write_text(json.dumps(value) + "\n")
+                else:
+                    Image.fromarray(value).save(tmp, format="PNG")
 
     def _labels(self, image: torch.Tensor, instances: np.ndarray, points: np.ndarray, index: int) -> PointLabels:
         """The label rules on one tile (and the outlines moved onto the image when asked); the fallback ellipses are
@@ -180,15 +191,10 @@ class PointConstrainedLabeller:
         only), the AJI of the teacher's prediction and of the refined label; their means and the total counts
         under ``summary``; ``refine_example.png``."""
         tiles = []
-        for index, item in enumerate(self.items):
+        for item in self.items:
             paths = self._paths(item["name"])
             teacher, label = read_label(paths["teacher"]), read_label(paths["label"])
-            image, points = load_tile(item)
-            row: dict = {
-                "name": item["name"],
-                "points": len(points),
-                **self._labels(image, teacher, points, index).counts,
-            }
+            row: dict = {"name": item["name"], **json.loads(paths["counts"].read_text())}
             row["ignored_fraction"] = float(read_label(paths["ignore"]).mean())
             if "label" in item:
                 dense = read_label(item["label"])

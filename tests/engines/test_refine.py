@@ -63,8 +63,10 @@ def test_refine_labels_the_training_tiles_under_the_points_and_trains_a_student(
         assert np.mean(held == np.arange(1, len(points) + 1)) > 0.95  # nucleus i + 1 holds point i
         assert label.max() <= len(points) and not (ignore & (label > 0)).any()
     diagnostics = json.loads((folder / "diagnostics.json").read_text())["summary"]
-    assert diagnostics["kept"] + diagnostics["split"] + diagnostics["filled"] + diagnostics["missing"] == sum(
-        len(read_points(SAMPLE / "points" / f"{item['name']}.csv")) for item in training
+    assert (
+        diagnostics["kept"] + diagnostics["split"] + diagnostics["filled"] + diagnostics["missing"]
+        == diagnostics["points"]
+        == sum(len(read_points(SAMPLE / "points" / f"{item['name']}.csv")) for item in training)
     )
     # reporting only: the points' constraints make the shipped model's nuclei closer to the truth
     assert diagnostics["refined_aji"] > diagnostics["teacher_aji"] + 0.02
