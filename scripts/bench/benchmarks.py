@@ -31,6 +31,7 @@ import torch
 
 from scripts import CODE_ROOT, SAMPLE_DATA
 from scripts.data.generated_slide import make_slide, slide_sources
+from scripts.runtime.settings import as_bool
 
 REPO = CODE_ROOT
 SYNTHESIS_CONFIGS = ("bundle/configs/train_synthesis.json", "bundle/configs/train_synthesis_cpu.json")
@@ -365,7 +366,7 @@ class Bench:
         reference: bool = True,
         model_path: str | None = None,
         hovernet_path: str | None = None,
-        amp: bool = False,
+        amp: bool | None = None,
         threads: int = 2,
         rss: bool = False,
         slides: str | Sequence[int] = (5000, 20000),
@@ -378,20 +379,27 @@ class Bench:
 
         Default: on one MoNuSeg tile (``size`` x ``size`` crop of ``tile``), in this process: our pipeline
         (``NucleusInference``, outputs label + GeoJSON + CSV) with the ``cpu`` segmenter and MONAI ``HoVerNet`` (fast,
-        ``decoder_padding=True``): tiles/s, Mpx/s, post-processing share, and, for ``cpu``, tiled (``size // 2``
-        regions) vs whole-tile AJI; then MONAI's own pipeline, ``SlidingWindowHoVerNetInferer`` + ``HoVerNet`` (fast,
+        ``decoder_padding=True``, 256 px windows as ``inference_hovernet.json``): tiles/s, Mpx/s, post-processing share,
+        and, for ``cpu``, tiled (``size // 2`` regions) vs whole-tile AJI, the network's FLOPs per window
+        (``torch.utils.flop_counter``), its achieved GFLOP/s and their fraction of the roofline (the best of a large
+        matmul and a 64-channel 3x3 convolution timed here, in the same dtype); MONAI's pipeline with the same ``cpu``
+        network (``SlidingWindowInferer`` 256 px at overlap 0.25, float32, + ``HoVerNetInstanceMapPostProcessing``) and
+        the time ratio; then MONAI's own HoVerNet pipeline, ``SlidingWindowHoVerNetInferer`` + ``HoVerNet`` (fast,
         MONAI bundle settings: 164 px output, overlap 1 - 164/256) + ``HoVerNetInstanceMapPostProcessing``, on the
         same image, and the time ratio. ``--rss``: generates pyramidal TIFFs of the ``slides`` sizes from MoNuSeg
         tiles (tissue disc covering ``fill``) in a temporary folder and runs ``inference.json`` on each in a child
         process, reporting its peak RSS (``--fast_allocator False`` runs the children without the glibc setting of
         ``scripts.runtime``, which never returns freed memory). ``--slide PATH``: the same child-process run on your
-        slide.
+        slide. ``amp``: bfloat16 autocast (default: where the CPU computes bf16 natively, as ``inference.json``).
         """
         import shutil
         import sys
         import tempfile
 
+        from scripts.runtime import native_bf16
+
         torch.set_num_threads(threads)
+        amp = native_bf16("cpu") if amp is None else as_bool(amp, "amp")
         networks = [networks] if isinstance(networks, str) and "," not in networks else networks
         networks = networks.split(",") if isinstance(networks, str) else list(networks)
         work = Path(tempfile.mkdtemp(prefix="bench_inference_"))
@@ -457,10 +465,7 @@ class Bench:
             Path(output).write_text(json.dumps(result, indent=2) + "\n")
 
     def _inference_speed(self, tile, size, networks, reference, model_path, hovernet_path, amp, work) -> dict:
-        import warnings
-
         from monai.apps.pathology.inferers import SlidingWindowHoVerNetInferer
-        from monai.apps.pathology.transforms.post.array import HoVerNetInstanceMapPostProcessing
         from PIL import Image
 
         from scripts.evaluation.metrics import aji
@@ -478,7 +483,7 @@ class Bench:
         height, width = image.shape[:2]
         result: dict = {"input": f"{origin}, {height}x{width}", "amp": amp, "pipelines": {}}
 
-        def ours(network: torch.nn.Module, name: str, region_size: int = 2048) -> dict:
+        def ours(network: torch.nn.Module, name: str, region_size: int = 2048, **windows) -> dict:
             engine = NucleusInference(
                 network,
                 path,
@@ -487,20 +492,24 @@ class Bench:
                 region_size=region_size,
                 amp=amp,
                 progress=False,
+                **windows,
             )
             engine.process(warm)
             summary = engine.process(path)
             summary["label_map"] = np.asarray(Image.open(summary["outputs"]["label"])).astype(np.int32)
+            summary["window"] = engine.roi_size
             return summary
 
         for name in networks:
             if name == "cpu":
                 network, weights = _cpu_segmenter(model_path)
+                windows: dict = {}
             elif name == "hovernet":
                 network, weights = _hovernet(True, hovernet_path)
+                windows = {"roi_size": 256, "overlap": 0.25, "sw_batch_size": 4}  # as inference_hovernet.json
             else:
                 raise ValueError(f"unknown network '{name}' (cpu, hovernet).")
-            summary = ours(network, name)
+            summary = ours(network, name, **windows)
             seconds = summary["seconds"]
             entry = {
                 "weights": weights,
@@ -513,16 +522,29 @@ class Bench:
                     summary["postprocess_s"] / max(summary["network_s"] + summary["postprocess_s"], 1e-9), 3
                 ),
                 "nuclei": summary["nuclei"],
+                "window": summary["window"],
+                "windows_run": summary["windows"],
             }
             if name == "cpu":
+                flops = _forward_flops(network, summary["window"])
+                achieved = flops * summary["windows"] / summary["network_s"] / 1e9
+                entry["gflop_per_window"] = round(flops / 1e9, 2)
+                entry["kflop_per_pixel"] = round(flops * summary["windows"] / (height * width) / 1e3, 1)
+                entry["network_gflops"] = round(achieved, 1)
                 tiled = ours(network, f"{name}_tiled", region_size=max(size // 2, 192))
                 entry["tiled_regions"] = tiled["regions"]
                 entry["tiled_vs_whole_aji"] = round(aji(tiled["label_map"], summary["label_map"]), 4)
                 entry["tiled_nuclei"] = tiled["nuclei"]
+                result["roofline"] = _roofline(amp)
+                entry["roofline_fraction"] = round(achieved / result["roofline"]["gflops"], 3)
+                if reference:
+                    result["pipelines"]["monai_cpu"] = _monai_pipeline(network, path, warm, height * width, weights)
+                    result["speedup_vs_monai_same_network"] = round(
+                        result["pipelines"]["monai_cpu"]["seconds"] / seconds, 2
+                    )
             result["pipelines"][f"ours_{name}"] = entry
         if reference:
             network, weights = _hovernet(False, hovernet_path)
-            network.eval()
             inferer = SlidingWindowHoVerNetInferer(
                 roi_size=256,
                 sw_batch_size=4,
@@ -531,38 +553,86 @@ class Bench:
                 cval=0,
                 extra_input_padding=((256 - 164) // 2,) * 4,
             )
-            postprocessing = HoVerNetInstanceMapPostProcessing(
-                sobel_kernel_size=21, marker_threshold=0.4, marker_radius=2
-            )
-
-            def monai_pipeline(file: Path) -> tuple[float, float, int]:
-                start = time.perf_counter()
-                pixels = np.asarray(Image.open(file).convert("RGB"))
-                x = torch.from_numpy(pixels.transpose(2, 0, 1).astype(np.float32) / 255.0)[None]
-                with torch.no_grad():
-                    output = inferer(x, network)
-                network_s = time.perf_counter() - start
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    info, _ = postprocessing(output["nucleus_prediction"][0], output["horizontal_vertical"][0])
-                return time.perf_counter() - start, network_s, len(info)
-
-            monai_pipeline(warm)
-            seconds, network_s, count = monai_pipeline(path)
-            result["pipelines"]["monai_hovernet"] = {
-                "weights": weights,
-                "seconds": round(seconds, 3),
-                "tiles_per_s": round(1 / seconds, 4),
-                "megapixels_per_s": round(height * width / 1e6 / seconds, 4),
-                "network_s": round(network_s, 3),
-                "postprocess_s": round(seconds - network_s, 3),
-                "postprocess_share": round((seconds - network_s) / seconds, 3),
-                "nuclei": count,
-            }
+            monai = _monai_pipeline(network, path, warm, height * width, weights, inferer)
+            result["pipelines"]["monai_hovernet"] = monai
             if "ours_hovernet" in result["pipelines"]:
                 ours_s = result["pipelines"]["ours_hovernet"]["seconds"]
-                result["speedup_vs_monai_hovernet"] = round(seconds / ours_s, 2)
+                result["speedup_vs_monai_hovernet"] = round(monai["seconds"] / ours_s, 2)
         return result
+
+
+def _monai_pipeline(
+    network: torch.nn.Module, path: Path, warm: Path, pixels: int, weights: str, inferer: Callable | None = None
+) -> dict:
+    """MONAI's tile pipeline, float32: ``inferer`` (default ``SlidingWindowInferer``, 256 px windows at overlap 0.25,
+    Gaussian) + ``HoVerNetInstanceMapPostProcessing`` (MONAI bundle settings), timed on ``path`` after ``warm``."""
+    import warnings
+
+    from monai.apps.pathology.transforms.post.array import HoVerNetInstanceMapPostProcessing
+    from monai.inferers import SlidingWindowInferer
+    from PIL import Image
+
+    from transforms import split_output
+
+    network.eval()
+    inferer = inferer or SlidingWindowInferer(roi_size=256, sw_batch_size=4, overlap=0.25, mode="gaussian")
+    postprocessing = HoVerNetInstanceMapPostProcessing(sobel_kernel_size=21, marker_threshold=0.4, marker_radius=2)
+
+    def run(file: Path) -> tuple[float, float, int]:
+        start = time.perf_counter()
+        pixels = np.asarray(Image.open(file).convert("RGB"))
+        x = torch.from_numpy(pixels.transpose(2, 0, 1).astype(np.float32) / 255.0)[None]
+        with torch.no_grad():
+            output = inferer(x, network)
+        if isinstance(output, torch.Tensor):
+            output = split_output(output)
+        network_s = time.perf_counter() - start
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            info, _ = postprocessing(output["nucleus_prediction"][0], output["horizontal_vertical"][0])
+        return time.perf_counter() - start, network_s, len(info)
+
+    run(warm)
+    seconds, network_s, count = run(path)
+    return {
+        "weights": weights,
+        "seconds": round(seconds, 3),
+        "tiles_per_s": round(1 / seconds, 4),
+        "megapixels_per_s": round(pixels / 1e6 / seconds, 4),
+        "network_s": round(network_s, 3),
+        "postprocess_s": round(seconds - network_s, 3),
+        "postprocess_share": round((seconds - network_s) / seconds, 3),
+        "nuclei": count,
+    }
+
+
+def _forward_flops(network: torch.nn.Module, window: int) -> int:
+    """FLOPs of one forward pass of ``network`` on a (1, 3, window, window) input (``torch.utils.flop_counter``)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        network.eval()(torch.zeros(1, 3, window, window))
+    return int(counter.get_total_flops())
+
+
+def _roofline(amp: bool, repeats: int = 5) -> dict:
+    """GFLOP/s this machine reaches in the inference dtype (bf16 autocast when ``amp``) on a 2048^3 matmul and on a
+    64 -> 64 channel 3x3 convolution of a (1, 64, 512, 512) input; the roofline is the better of the two."""
+    from scripts.runtime import bf16_autocast
+
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1).eval()
+    x = torch.randn(1, 64, 512, 512)
+    with torch.no_grad(), bf16_autocast("cpu", amp):
+        matmul = 2 * 2048**3 / median_time(lambda: a @ b, repeats) / 1e9
+        convolution = 2 * 64 * 64 * 9 * 512 * 512 / median_time(lambda: conv(x), repeats) / 1e9
+    return {
+        "dtype": "bfloat16" if amp else "float32",
+        "matmul_gflops": round(matmul, 1),
+        "conv3x3_gflops": round(convolution, 1),
+        "gflops": round(max(matmul, convolution), 1),
+    }
 
 
 def _cpu_segmenter(model_path: str | Path | None, seed: int = 0) -> tuple[torch.nn.Module, str]:

@@ -11,15 +11,17 @@
 # limitations under the License.
 """Streaming nucleus instance inference on tiles, folders of tiles and whole slides (``inference.json``).
 
-An image is cut into square **cores** (``region_size``, rounded to the sliding-window stride) that tile the region
-of interest; each core is read with a **margin** of context, extended to the sliding-window grid of the whole
-image. The network runs on each region by sliding window (MONAI ``SlidingWindowInferer``, Gaussian blending); since
-the region's windows are windows of the whole image's grid, a core's prediction equals whole-image inference except
-within ``roi_size * overlap`` px of a region edge, which lies in the margin. Each region is post-processed
+An image is cut into square **cores** (about ``region_size``) that tile the region of interest; each core is
+post-processed in its **box**, the core with a ``margin`` of context. The network runs on large windows (``roi_size``,
+1024 px) of the whole image's sliding-window grid (MONAI's placement and Gaussian blending): a box's outputs are blended
+from the windows it overlaps, each window runs once and is kept only while a later box needs it
+(:class:`~scripts.inference.windows.WindowGrid`), so every pixel's network output equals whole-image inference and
+costs ``(roi_size / stride)^2`` (1.14 at the defaults) network evaluations. Each region is post-processed
 (:class:`~transforms.HoVerNetInstances`) in a worker thread while the network runs on the next one, and
 only the nuclei whose centroid lies in the core are kept: every nucleus is found once, whole, as long as the margin
-exceeds the nucleus radius plus ``roi_size * overlap``. Their outlines, measurements and pixels stream to the
-writers of :mod:`scripts.data.writers` (memory does not grow with the slide). Slides skip background regions (saturation
+exceeds the largest nucleus. Their outlines, measurements and pixels stream to the
+writers of :mod:`scripts.data.writers` (memory does not grow with the slide's height; the window outputs waiting for
+the next row of boxes take ~3 kB per px of its width). Slides skip background regions (saturation
 of a thumbnail, :func:`~scripts.data.slides.tissue_mask`).
 
 **Resolution**: the network works at the microns per pixel it was trained at (``model_mpp``, from the bundle's
@@ -84,9 +86,10 @@ from scripts.data.writers import (
     output_paths,
 )
 from scripts.inference.predict import MIN_IMAGE_SIDE, TilePredictor
+from scripts.inference.windows import WindowGrid
 from scripts.runtime import distributed
 from scripts.runtime.settings import as_bool
-from transforms import MONUSEG_RANGES, HoVerNetInstances
+from transforms import MONUSEG_RANGES, HoVerNetInstances, split_output
 
 __all__ = [
     "NucleusInference",
@@ -113,22 +116,28 @@ _OD = (np.log(np.maximum(np.arange(256) / 255.0, 1e-6)) / np.log(1e-6)).astype(n
 
 @dataclass(frozen=True)
 class Region:
-    """A core (the pixels whose nuclei this region owns) and its box (core + margin, on the window grid)."""
+    """A core (the pixels whose nuclei this region owns) and its box (core + margin)."""
 
     core: tuple[int, int, int, int]  # y0, x0, y1, x1 at the level read
-    box: tuple[int, int, int, int]
+    box: tuple[int, int, int, int]  # the core and a margin around it, inside the image
 
 
-def _span(c0: int, c1: int, size: int, margin: int, window: int, stride: int) -> tuple[int, int]:
-    """Box along one axis: ``[c0 - margin, c1 + margin]`` widened to start and end on the whole image's window grid."""
-    if size <= window:
-        return 0, size
-    last = size - window  # the grid's windows start at multiples of stride below `last`, and at `last`
-    b0 = min(max(0, (c0 - margin) // stride * stride), last // stride * stride)
-    if c1 > last:  # the last window covers part of the core: run to the image's end
-        return b0, size
-    steps = max(0, math.ceil((c1 + margin - b0 - window) / stride))
-    return b0, min(b0 + window + steps * stride, size)
+def _cuts(start: int, length: int, size: int, core: int, margin: int, window: int, stride: int) -> list[int]:
+    """Core edges along one axis of an image of ``size`` px: ``start``, the inner edges, ``start + length``.
+
+    Inner edges lie ``margin`` px before a window start of the whole image's grid (multiples of ``stride``) and
+    ``core`` (a multiple of ``stride``) apart: a box then ends where a window starts, so that the windows two rows of
+    boxes share are the few straddling their seam, and only ``~3 * margin`` px of them wait for the next row.
+    """
+    end = start + length
+    if size <= window:  # one window along this axis: any cut is as good
+        return [*range(start, end, core), end]
+    cuts = [start]
+    j = math.ceil((start + stride // 2 + margin) / core)
+    while (b := j * core - margin) < end - stride // 2:
+        cuts.append(b)
+        j += 1
+    return [*cuts, end]
 
 
 def plan_regions(
@@ -139,18 +148,21 @@ def plan_regions(
     window: int,
     overlap: float,
 ) -> list[Region]:
-    """Cores of ``region_size`` (rounded down to a multiple of the window stride) tiling ``roi = (y, x, h, w)``,
-    row by row, each with its box in an image of ``shape``."""
+    """Cores of about ``region_size`` (rounded down to a multiple of the window stride, at least one, along axes
+    longer than a window) tiling ``roi = (y, x, h, w)``, row by row, each
+    with its box (the core and ``margin`` px around it, inside the image of ``shape``), seams placed for the
+    whole image's sliding-window grid (:func:`_cuts`)."""
     stride = max(1, int(window * (1 - overlap)))  # MONAI's scan interval
     core = max(stride, int(region_size) // stride * stride)
     y, x, h, w = (int(v) for v in roi)
+    small = max(1, int(region_size))  # along an axis shorter than a window, cores of region_size exactly
+    rows = _cuts(y, h, int(shape[0]), core if shape[0] > window else small, margin, window, stride)
+    cols = _cuts(x, w, int(shape[1]), core if shape[1] > window else small, margin, window, stride)
     regions = []
-    for y0 in range(y, y + h, core):
-        for x0 in range(x, x + w, core):
-            y1, x1 = min(y0 + core, y + h), min(x0 + core, x + w)
-            by = _span(y0, y1, shape[0], margin, window, stride)
-            bx = _span(x0, x1, shape[1], margin, window, stride)
-            regions.append(Region((y0, x0, y1, x1), (by[0], bx[0], by[1], bx[1])))
+    for y0, y1 in zip(rows[:-1], rows[1:], strict=True):
+        for x0, x1 in zip(cols[:-1], cols[1:], strict=True):
+            box = (max(y0 - margin, 0), max(x0 - margin, 0), min(y1 + margin, shape[0]), min(x1 + margin, shape[1]))
+            regions.append(Region((y0, x0, y1, x1), box))
     return regions
 
 
@@ -425,9 +437,10 @@ class NucleusInference:
             pixel (within 10 %).
         roi: ``[y, x, h, w]`` in level-0 pixels (default: the whole image).
         backend: slide reader (:func:`~scripts.data.slides.open_image`).
-        region_size: core size in px (rounded down to a multiple of the window stride).
-        margin: context around each core in px; it must exceed ``roi_size * overlap`` + the largest nucleus radius.
-        roi_size, overlap, sw_batch_size: sliding window of the network.
+        region_size: core size in px (rounded down to a multiple of the window stride): the unit of post-processing.
+        margin: context around each core for the post-processing, in px; more than the largest nucleus diameter.
+        roi_size, overlap, sw_batch_size: sliding window of the network, on the whole image's grid
+            (:class:`~scripts.inference.windows.WindowGrid`: each window runs once, whatever the regions).
         amp: bfloat16 autocast.
         flip_tta: flip test-time augmentation (:class:`~scripts.inference.predict.TilePredictor`; 4x the network).
         tissue: skip the background regions of slides (tiles are always processed whole).
@@ -460,9 +473,9 @@ class NucleusInference:
         backend: str = "auto",
         region_size: int = 2048,
         margin: int = 64,
-        roi_size: int = 256,
-        overlap: float = 0.25,
-        sw_batch_size: int = 4,
+        roi_size: int = 1024,
+        overlap: float = 0.0625,
+        sw_batch_size: int = 1,
         amp: bool = False,
         flip_tta: bool = False,
         tissue: bool = True,
@@ -485,7 +498,8 @@ class NucleusInference:
         if int(region_size) < 1 or int(margin) < 0 or not 0 <= float(overlap) < 1 or int(workers) < 0:
             raise ValueError("need region_size >= 1, margin >= 0, 0 <= overlap < 1 and workers >= 0.")
         self.region_size, self.margin = int(region_size), int(margin)
-        self.roi_size, self.overlap = int(roi_size), float(overlap)
+        self.roi_size, self.overlap, self.sw_batch_size = int(roi_size), float(overlap), int(sw_batch_size)
+        self._grid: WindowGrid | None = None
         self.tissue, self.tissue_threshold = as_bool(tissue, "tissue"), tissue_threshold
         self.workers, self.label_format, self.overlay_size = int(workers), label_format, int(overlay_size)
         if model_mpp is not None and not float(model_mpp) > 0:
@@ -509,8 +523,9 @@ class NucleusInference:
         )
 
     def predict(self, image: np.ndarray, region: Region) -> dict[str, torch.Tensor]:
-        """Network outputs (NP logits (2, h, w), HV maps (2, h, w)) of a region's (h, w, 3) uint8 pixels."""
-        return self.predictor.outputs(torch.from_numpy(image.transpose(2, 0, 1).astype(np.float32)))
+        """Network outputs (NP logits (2, h, w), HV maps (2, h, w)) of a region's box (``image``: its (h, w, 3) uint8
+        pixels), from the windows of the whole image's grid (:class:`~scripts.inference.windows.WindowGrid`)."""
+        return split_output(self._grid.outputs(region.box))
 
     def run(self) -> dict:
         """Process every image of ``input`` (this process's share under ``torchrun``) and return the summary of all
@@ -767,6 +782,7 @@ class NucleusInference:
             "nuclei": stats["nuclei"],
             "seconds": round(seconds, 3),
             "megapixels": round(megapixels, 3),
+            "windows": stats["windows"],
             "network_s": round(stats["network_s"], 3),
             "postprocess_s": round(stats["postprocess_s"], 3),
             "outputs": written,
@@ -797,9 +813,20 @@ class NucleusInference:
         polygons = any(writer.needs_polygons for writer in writers.values())
         raster = any(writer.needs_raster for writer in writers.values())
         keep_image = any(writer.needs_image for writer in writers.values())
-        stats = {"nuclei": 0, "cut": 0, "network_s": 0.0, "postprocess_s": 0.0}
+        stats = {"nuclei": 0, "cut": 0, "network_s": 0.0, "postprocess_s": 0.0, "windows": 0}
 
         claims = SeamClaims(SEAM_BAND)
+        if self.predictor is not None:
+            self._grid = WindowGrid(
+                source.read,
+                source.shape,
+                self.roi_size,
+                self.overlap,
+                self.predictor.forward,
+                self.predictor.network_input,
+                self.sw_batch_size,
+            )
+            self._grid.plan([region.box for region in regions])
 
         def post(
             image: np.ndarray, outputs: dict[str, torch.Tensor], region: Region, index: int
@@ -861,6 +888,7 @@ class NucleusInference:
                 raise
             finally:
                 bar.close()
+        stats["windows"] = self._grid.windows_run if self.predictor is not None else 0
         return stats
 
 

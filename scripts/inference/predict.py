@@ -45,7 +45,7 @@ class TilePredictor:
         postprocessing: instance post-processing of ``(np_logits, hv)`` (default :class:`HoVerNetInstances` with the
             fixed normalisation :data:`~transforms.MONUSEG_RANGES`, as inference, Deploy and MONAI Label).
         amp: run under bfloat16 autocast.
-        flip_tta: test-time augmentation: also run the image flipped horizontally, vertically and both, flip the
+        flip_tta: test-time augmentation: also run each window flipped horizontally, vertically and both, flip the
             outputs back (negating the HoVer map of each flipped axis) and average them (4x the network cost).
     """
 
@@ -69,33 +69,44 @@ class TilePredictor:
         self.postprocessing = postprocessing if postprocessing is not None else HoVerNetInstances(**MONUSEG_RANGES)
         self.amp = amp
 
+    def network_input(self, image: torch.Tensor) -> torch.Tensor:
+        """``image`` (..., 3, H, W) in [0, 255] as float32 in the network's input range."""
+        return image.to(torch.float32) * ((self.b_max - self.b_min) / 255.0) + self.b_min
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 4, h, w) float32 outputs (NP logits, HV maps) of a batch of windows ``x`` (B, 3, h, w) in the network's
+        input range, on the network's device: in eval mode, without gradients, under ``amp``; with ``flip_tta``, the
+        mean over the flips (each output flipped back, the HoVer map of each flipped axis negated)."""
+        x = x.to(next(self.network.parameters()).device)
+        training = self.network.training
+        self.network.eval()
+        total = None
+        try:
+            for dims in self.flips:
+                with torch.no_grad(), bf16_autocast(x.device, self.amp):
+                    output = self.network(x.flip(dims) if dims else x)
+                if not isinstance(output, torch.Tensor):
+                    output = torch.cat([output[key] for key in _BRANCHES], dim=1)
+                output = output.float()
+                if dims:
+                    output = output.flip(dims)
+                    # channel 2: horizontal (x, dim -1), channel 3: vertical (y, dim -2)
+                    sign = [1.0, 1.0, -1.0 if -1 in dims else 1.0, -1.0 if -2 in dims else 1.0]
+                    output = output * torch.tensor(sign, device=output.device).view(1, 4, 1, 1)
+                total = output if total is None else total + output
+        finally:
+            self.network.train(training)
+        return total / len(self.flips)
+
     def outputs(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """Network outputs (NP logits, HV maps) of one (3, H, W) image in [0, 255], on the CPU."""
         if min(image.shape[-2:]) < MIN_IMAGE_SIDE:
             h, w = image.shape[-2:]
             raise ValueError(f"the image is {h}x{w} px, smaller than the {MIN_IMAGE_SIDE} px the segmenter needs.")
-        device = next(self.network.parameters()).device
-        x = image[None].to(device, torch.float32) * ((self.b_max - self.b_min) / 255.0) + self.b_min
-        training = self.network.training
-        self.network.eval()
-        total: dict[str, torch.Tensor] = {}
-        try:
-            for dims in self.flips:
-                with torch.no_grad(), bf16_autocast(device, self.amp):
-                    output = self.inferer(x.flip(dims) if dims else x, self.network)
-                if isinstance(output, torch.Tensor):
-                    output = split_output(output)
-                for key in _BRANCHES:
-                    value = output[key].float()
-                    if dims:
-                        value = value.flip(dims)
-                        if key == HoVerNetBranch.HV.value:  # channel 0: horizontal (x, dim -1); 1: vertical (y, -2)
-                            sign = torch.tensor([-1.0 if -1 in dims else 1.0, -1.0 if -2 in dims else 1.0])
-                            value = value * sign.to(value.device).view(1, 2, 1, 1)
-                    total[key] = total[key] + value if key in total else value
-        finally:
-            self.network.train(training)
-        return {k: (v / len(self.flips))[0].cpu() for k, v in total.items()}
+        with torch.no_grad():
+            x = self.network_input(image)[None].to(next(self.network.parameters()).device)
+            output = self.inferer(x, self.forward)
+        return {k: v[0].cpu() for k, v in split_output(output).items()}
 
     def __call__(self, image: torch.Tensor) -> np.ndarray:
         """(H, W) int32 instance map of one (3, H, W) image in [0, 255]."""

@@ -30,11 +30,13 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from networks import ImageToMaskNet
+from networks import HoVerUNet, ImageToMaskNet
 from scripts.data.generated_slide import make_slide
 from scripts.data.slides import open_image
 from scripts.evaluation.metrics import aji
 from scripts.inference.infer import NucleusInference, Region, plan_regions
+from scripts.inference.predict import TilePredictor
+from scripts.inference.windows import WindowGrid
 from tests.helpers import SAMPLE, DarkNuclei, load_label, outputs_of
 from transforms import read_points
 
@@ -73,41 +75,49 @@ def small_slide(tmp_path_factory) -> Path:
     return make_slide(path, 1024, sources, fill=0.3, cell=256, tile=256, levels=3)
 
 
-def test_regions_tile_the_roi_on_the_window_grid():
-    stride, window = 192, 256
+def test_regions_tile_the_roi_with_seams_before_window_starts():
+    stride, window, margin = 192, 256, 64
     for shape, roi in [((1000, 1000), (0, 0, 1000, 1000)), ((1500, 900), (100, 50, 1300, 700)), ((200, 300), None)]:
         roi = roi or (0, 0, *shape)
-        regions = plan_regions(shape, roi, 500, 64, window, 0.25)
+        regions = plan_regions(shape, roi, 500, margin, window, 0.25)
         cover = np.zeros(shape, int)
         for r in regions:
             cy0, cx0, cy1, cx1 = r.core
             by0, bx0, by1, bx1 = r.box
             cover[cy0:cy1, cx0:cx1] += 1
-            assert (cy1 - cy0) <= 384 and (cx1 - cx0) <= 384  # 500 rounded down to the stride
             for c0, c1, b0, b1, n in ((cy0, cy1, by0, by1, shape[0]), (cx0, cx1, bx0, bx1, shape[1])):
-                assert 0 <= b0 <= c0 and c1 <= b1 <= n
-                if n > window:  # windows of the whole image's grid: starts on the stride, ends on it or at the end
-                    assert b0 % stride == 0 and (b1 == n or (b1 - b0 - window) % stride == 0)
-                    assert b0 == 0 or c0 - b0 >= 64
-                    assert b1 == n or b1 - c1 >= 64
+                assert (b0, b1) == (max(c0 - margin, 0), min(c1 + margin, n))  # the core and its margin
+                if n > window:
+                    assert c1 - c0 <= 384 + stride // 2  # 500 rounded down to the stride (+ a short end merged)
+                    if b1 < n and c1 < roi[0 if n == shape[0] else 1] + roi[2 if n == shape[0] else 3]:
+                        assert b1 % stride == 0  # an inner seam: the box ends where a window starts
         y, x, h, w = roi
         assert cover[y : y + h, x : x + w].min() == 1 and cover.sum() == h * w
 
 
-def test_region_outputs_equal_whole_image_sliding_window():
-    """The network's outputs in every core equal whole-image sliding-window inference, to the last bit."""
+@pytest.mark.parametrize(
+    "shape, window, overlap, region_size", [((300, 420), 128, 0.25, 100), ((100, 90), 128, 0.25, 64)]
+)
+def test_window_grid_equals_whole_image_sliding_window(shape, window, overlap, region_size):
+    """Every box's outputs equal MONAI whole-image sliding-window inference (to float16 keeping), each window runs
+    once, and nothing is kept after the last box."""
     torch.manual_seed(0)
-    network = ImageToMaskNet(features=[8, 16, 32], blocks_per_stage=1)
-    image = np.tile(np.asarray(Image.open(SAMPLE / "images" / f"{NAME}.png").convert("RGB")), (2, 2, 1))[:500, :460]
-    engine = NucleusInference(network, None, progress=False)
-    whole = engine.predict(image, Region((0, 0, 500, 460), (0, 0, 500, 460)))
-    for region in plan_regions(image.shape[:2], (0, 0, 500, 460), 192, 64, 256, 0.25):
-        y0, x0, y1, x1 = region.box
-        part = engine.predict(np.ascontiguousarray(image[y0:y1, x0:x1]), region)
-        cy0, cx0, cy1, cx1 = region.core
-        for key in whole:
-            a = part[key][:, cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
-            torch.testing.assert_close(a, whole[key][:, cy0:cy1, cx0:cx1], atol=1e-5, rtol=1e-5)
+    network = HoVerUNet(features=(8, 8, 16, 16, 16, 8))
+    image = np.random.default_rng(0).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    predictor = TilePredictor(network, roi_size=window, overlap=overlap, sw_batch_size=2)
+    whole = predictor.outputs(torch.from_numpy(image.transpose(2, 0, 1).copy()))
+    whole = torch.cat([whole["nucleus_prediction"], whole["horizontal_vertical"]])
+    read = lambda y, x, h, w: image[y : y + h, x : x + w]  # noqa: E731
+    grid = WindowGrid(read, shape, window, overlap, predictor.forward, predictor.network_input, batch_size=2)
+    regions = plan_regions(shape, (0, 0, *shape), region_size, 32, window, overlap)
+    grid.plan([r.box for r in regions])
+    for r in regions:
+        y0, x0, y1, x1 = r.box
+        torch.testing.assert_close(grid.outputs(r.box), whole[:, y0:y1, x0:x1], atol=3e-3, rtol=2e-3)
+    assert grid.windows_run == len(grid.starts) and not grid._cache
+    assert len(regions) > 1 and (len(grid.starts) > 1 or shape[0] < window)
+    with pytest.raises(KeyError, match="not planned"):
+        grid.outputs((0, 0, 5, 5))
 
 
 @pytest.mark.parametrize("source", ["sample", "monuseg"])
@@ -149,7 +159,7 @@ class ShiftingOracle(NucleusInference):
 
     def predict(self, image: np.ndarray, region: Region) -> dict[str, torch.Tensor]:
         y0, x0, y1, x1 = region.box
-        core = self.region_size // 192 * 192
+        core = self.region_size  # the image is smaller than a window: cores of region_size exactly
         view = self.views[(region.core[0] // core + 2 * (region.core[1] // core)) % 3]
         return {k: v[:, y0:y1, x0:x1] for k, v in view.items()}
 
@@ -263,7 +273,7 @@ def test_slide_pyramid_tissue_roi_and_levels(small_slide, tmp_path):
         small_slide,
         tmp_path / "out",
         outputs=["label", "geojson", "csv", "overlay"],
-        region_size=256,
+        region_size=192,
         backend="tifffile",
         progress=False,
     )

@@ -156,7 +156,7 @@ def test_resampled_slide_regions_count_each_nucleus_once(small_slide, tmp_path):
         )  # fmt: skip
         return engine.run()["images"][0]
 
-    tiled, whole = segment("tiled", 256), segment("whole", 2048)
+    tiled, whole = segment("tiled", 192), segment("whole", 2048)
     assert tiled["level"] == 1 and tiled["scale"] == 1.25 and tiled["model_mpp"] == 0.4
     assert whole["regions"] == 1 and tiled["regions"] + tiled["skipped_regions"] == 16 and tiled["skipped_regions"]
     label, reference = _label(tiled["outputs"]["label"]), _label(whole["outputs"]["label"])
