@@ -506,7 +506,7 @@ class Bench:
                 windows: dict = {}
             elif name == "hovernet":
                 network, weights = _hovernet(True, hovernet_path)
-                windows = {"roi_size": 256, "overlap": 0.25, "sw_batch_size": 4}  # as inference_hovernet.json
+                windows = {"roi_size": 256, "overlap": 0.25, "sw_batch_size": 4, "single_window": 0}  # as its config
             else:
                 raise ValueError(f"unknown network '{name}' (cpu, hovernet).")
             summary = ours(network, name, **windows)

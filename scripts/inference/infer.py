@@ -13,10 +13,11 @@
 
 An image is cut into square **cores** (about ``region_size``) that tile the region of interest; each core is
 post-processed in its **box**, the core with a ``margin`` of context. The network runs on large windows (``roi_size``,
-1024 px) of the whole image's sliding-window grid (MONAI's placement and Gaussian blending): a box's outputs are blended
+768 px) of the whole image's sliding-window grid (MONAI's placement and Gaussian blending): a box's outputs are blended
 from the windows it overlaps, each window runs once and is kept only while a later box needs it
 (:class:`~scripts.inference.windows.WindowGrid`), so every pixel's network output equals whole-image inference and
-costs ``(roi_size / stride)^2`` (1.14 at the defaults) network evaluations. Each region is post-processed
+costs ``(roi_size / stride)^2`` (1.19 at the defaults) network evaluations; an image of at most ``single_window``
+(1024) px a side runs as one window. Each region is post-processed
 (:class:`~transforms.HoVerNetInstances`) in a worker thread while the network runs on the next one, and
 only the nuclei whose centroid lies in the core are kept: every nucleus is found once, whole, as long as the margin
 exceeds the largest nucleus. Their outlines, measurements and pixels stream to the
@@ -109,6 +110,7 @@ SEAM_BAND = 32  # px at the level read: how far outside its core a region may ta
 
 RECORDS = "records"  # per-image records, in output_dir
 SUMMARY_COLUMNS = ("image", "name", "status", "nuclei", "seconds", "rank", "outputs", "error")
+COMPILE_MIN_PIXELS = 50_000_000  # compile="auto": images (roi, at the network's resolution) from this size on
 NIFTI_MAX_PIXELS = 100_000_000  # NIfTI maps are built in memory: refuse larger regions of interest
 # per-channel optical density of a uint8 value, as skimage.color.rgb2hed computes it
 _OD = (np.log(np.maximum(np.arange(256) / 255.0, 1e-6)) / np.log(1e-6)).astype(np.float64)
@@ -441,7 +443,13 @@ class NucleusInference:
         margin: context around each core for the post-processing, in px; more than the largest nucleus diameter.
         roi_size, overlap, sw_batch_size: sliding window of the network, on the whole image's grid
             (:class:`~scripts.inference.windows.WindowGrid`: each window runs once, whatever the regions).
+        single_window: an image whose sides are all at most this many px (at the network's resolution) runs as one
+            window, its sides rounded up to a multiple of 16 (a 1000 px tile: one 1008 px window instead of four
+            768 px ones); 0: always ``roi_size`` windows.
         amp: bfloat16 autocast.
+        compile: run the network through ``torch.compile`` (:meth:`~scripts.inference.predict.TilePredictor.compile`);
+            ``"auto"``: from the first image of :data:`COMPILE_MIN_PIXELS` px on (slides), where the ~40 s of
+            compilation pay off.
         flip_tta: flip test-time augmentation (:class:`~scripts.inference.predict.TilePredictor`; 4x the network).
         tissue: skip the background regions of slides (tiles are always processed whole).
         tissue_threshold: saturation threshold (``None``: Otsu on the thumbnail, clipped to [0.04, 0.15]).
@@ -473,10 +481,12 @@ class NucleusInference:
         backend: str = "auto",
         region_size: int = 2048,
         margin: int = 64,
-        roi_size: int = 1024,
-        overlap: float = 0.0625,
+        roi_size: int = 768,
+        overlap: float = 1 / 12,
         sw_batch_size: int = 1,
+        single_window: int = 1024,
         amp: bool = False,
+        compile: bool | str = False,
         flip_tta: bool = False,
         tissue: bool = True,
         tissue_threshold: float | None = None,
@@ -500,6 +510,8 @@ class NucleusInference:
         self.region_size, self.margin = int(region_size), int(margin)
         self.roi_size, self.overlap, self.sw_batch_size = int(roi_size), float(overlap), int(sw_batch_size)
         self._grid: WindowGrid | None = None
+        self.single_window = int(single_window)
+        self.compile = compile if compile == "auto" else as_bool(compile, "compile")
         self.tissue, self.tissue_threshold = as_bool(tissue, "tissue"), tissue_threshold
         self.workers, self.label_format, self.overlay_size = int(workers), label_format, int(overlay_size)
         if model_mpp is not None and not float(model_mpp) > 0:
@@ -728,7 +740,8 @@ class NucleusInference:
                     f"{source.path}: the image (or its roi) is {size} at level {source.level}, smaller "
                     f"than the {MIN_IMAGE_SIDE} px the segmenter needs."
                 )
-            regions = plan_regions(frame.shape, frame_roi, self.region_size, self.margin, self.roi_size, self.overlap)
+            window = max(self._window(frame.shape))
+            regions = plan_regions(frame.shape, frame_roi, self.region_size, self.margin, window, self.overlap)
             thumbnail = None
             if source.is_slide and (self.tissue or "overlay" in self.outputs):
                 thumbnail, scale = source.thumbnail()
@@ -788,6 +801,13 @@ class NucleusInference:
             "outputs": written,
         }
 
+    def _window(self, shape: Sequence[int]) -> tuple[int, int]:
+        """The network's window for an image of ``shape``: the image itself (sides rounded up to 16) when it fits in
+        ``single_window``, else ``roi_size``."""
+        if max(shape) <= self.single_window:
+            return max(32, math.ceil(shape[0] / 16) * 16), max(32, math.ceil(shape[1] / 16) * 16)
+        return self.roi_size, self.roi_size
+
     def _frame(self, source: ImageSource) -> ImageSource:
         """``source`` at ``model_mpp`` (:func:`~scripts.data.slides.at_mpp`); as it is when either resolution is
         unknown (said once per engine) or they agree within 10 %."""
@@ -817,10 +837,12 @@ class NucleusInference:
 
         claims = SeamClaims(SEAM_BAND)
         if self.predictor is not None:
+            if self.compile is True or (self.compile == "auto" and roi[2] * roi[3] >= COMPILE_MIN_PIXELS):
+                self.predictor.compile()
             self._grid = WindowGrid(
                 source.read,
                 source.shape,
-                self.roi_size,
+                self._window(source.shape),
                 self.overlap,
                 self.predictor.forward,
                 self.predictor.network_input,

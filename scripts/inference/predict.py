@@ -68,6 +68,18 @@ class TilePredictor:
         self.b_min, self.b_max = float(intensity_range[0]), float(intensity_range[1])
         self.postprocessing = postprocessing if postprocessing is not None else HoVerNetInstances(**MONUSEG_RANGES)
         self.amp = amp
+        self._compiled: Callable | None = None
+
+    def compile(self) -> None:
+        """Run the network through ``torch.compile`` (inductor) from now on: ~1.9x on a 1024 px window of the ``cpu``
+        segmenter in bf16 on a 2-core AVX512-BF16 CPU, for ~40 s of compilation at the first call (once per process
+        and window shape; inductor's cache on disk shortens later ones). Where it cannot compile (no C++ compiler),
+        the network runs as it is."""
+        if self._compiled is None:
+            import torch._dynamo
+
+            torch._dynamo.config.suppress_errors = True  # fall back to eager rather than fail
+            self._compiled = torch.compile(self.network)
 
     def network_input(self, image: torch.Tensor) -> torch.Tensor:
         """``image`` (..., 3, H, W) in [0, 255] as float32 in the network's input range."""
@@ -84,7 +96,8 @@ class TilePredictor:
         try:
             for dims in self.flips:
                 with torch.no_grad(), bf16_autocast(x.device, self.amp):
-                    output = self.network(x.flip(dims) if dims else x)
+                    model = self.network if self._compiled is None else self._compiled
+                    output = model(x.flip(dims) if dims else x)
                 if not isinstance(output, torch.Tensor):
                     output = torch.cat([output[key] for key in _BRANCHES], dim=1)
                 output = output.float()

@@ -38,7 +38,7 @@ class WindowGrid:
     Args:
         read: ``(y, x, h, w) -> (h, w, 3)`` uint8 pixels of the image (inside it).
         shape: the image's ``(H, W)``.
-        window: window side in px (a multiple of the network's size factor).
+        window: window side in px, or ``(height, width)`` (multiples of the network's size factor).
         overlap: window overlap, as ``SlidingWindowInferer``.
         forward: ``(B, 3, h, w)`` float32 network input -> ``(B, C, h, w)`` float32 outputs, e.g.
             :meth:`scripts.inference.predict.TilePredictor.forward`.
@@ -54,7 +54,7 @@ class WindowGrid:
         self,
         read: Callable[[int, int, int, int], np.ndarray],
         shape: Sequence[int],
-        window: int,
+        window: int | Sequence[int],
         overlap: float,
         forward: Callable[[torch.Tensor], torch.Tensor],
         to_input: Callable[[torch.Tensor], torch.Tensor],
@@ -65,10 +65,11 @@ class WindowGrid:
         self.dtype = dtype
         self.shape = (int(shape[0]), int(shape[1]))
         self.batch_size = max(1, int(batch_size))
-        padded = tuple(max(n, int(window)) for n in self.shape)
+        window = (int(window), int(window)) if isinstance(window, int) else tuple(int(w) for w in window)
+        padded = tuple(max(n, w) for n, w in zip(self.shape, window, strict=True))
         # MONAI pads an image smaller than a window symmetrically (the smaller half before)
         self.pad = tuple((p - n) // 2 for p, n in zip(padded, self.shape, strict=True))
-        self.size = tuple(min(int(window), p) for p in padded)
+        self.size = window
         interval = _get_scan_interval(padded, self.size, 2, (overlap, overlap))
         slices = dense_patch_slices(padded, self.size, interval, return_slice=False)
         self.starts = [(int(sy), int(sx)) for (sy, _), (sx, _) in slices]  # MONAI's order (row-major)

@@ -109,6 +109,14 @@ def _flag(name: str, value: Any) -> None:
     as_bool(value, name)
 
 
+def _flag_or_auto(name: str, value: Any) -> None:
+    if value != "auto":
+        try:
+            as_bool(value, name)
+        except SettingError:
+            raise SettingError(f"{name} must be true, false or auto, got {value!r}.") from None
+
+
 #: the user-facing settings of the bundle workflows and what each allows
 RULES: dict[str, Callable[[str, Any], None]] = {
     **{k: _integer(1) for k in ("iterations", "batch_size", "epoch_length", "val_interval", "sw_batch_size")},
@@ -116,6 +124,7 @@ RULES: dict[str, Callable[[str, Any], None]] = {
     **{k: _integer(1) for k in ("ngf", "ndf", "spade_hidden")},
     **{k: _integer(16) for k in ("crop_size", "roi_size")},
     **{k: _integer(0) for k in ("num_workers", "margin", "workers", "freeze_encoder_epochs", "point_radius")},
+    "single_window": _integer(0),
     **{k: _integer() for k in ("seed", "synthesis_seed")},
     "num_threads": _integer(1, optional=True),
     "samples": _integer(1),
@@ -129,7 +138,8 @@ RULES: dict[str, Callable[[str, Any], None]] = {
     "model_mpp": _number(0.0, low_open=True, optional=True),
     "tissue_threshold": _number(0.0, 1.0, low_open=True, optional=True),
     "fidelity_weight": _number(0.0),
-    **{k: _flag for k in ("resume", "fast_allocator", "amp", "flip_tta", "tissue", "overwrite", "compile")},
+    **{k: _flag for k in ("resume", "fast_allocator", "amp", "flip_tta", "tissue", "overwrite")},
+    "compile": _flag_or_auto,
     "mask_prior": _choice("paper", "density"),
     "label_format": _choice("png", "tif"),
     "backend": _choice("auto", "tifffile", "openslide", "cucim"),

@@ -45,7 +45,7 @@ def _label(network: torch.nn.Module, image: Path, output: Path, **kwargs) -> tup
 def test_regions_on_one_window_grid_match_the_whole_tile(network, monuseg, tmp_path):
     """9 regions sharing a grid of 256 px windows vs the tile in one region: AJI >= 0.998, each window run once."""
     image = monuseg / "images" / f"{TILE}.png"
-    windows = dict(roi_size=256, overlap=0.25, amp=False)
+    windows = dict(roi_size=256, overlap=0.25, single_window=0, amp=False)
     whole, a = _label(network, image, tmp_path / "whole", region_size=2048, **windows)
     engine = NucleusInference(network, image, tmp_path / "tiled", outputs=["label"], progress=False, region_size=384,
                               **windows)  # fmt: skip
@@ -57,9 +57,38 @@ def test_regions_on_one_window_grid_match_the_whole_tile(network, monuseg, tmp_p
 
 
 def test_bfloat16_matches_float32(network, monuseg, tmp_path):
-    """The default windows (1024 px) in bfloat16 autocast vs float32: instance AJI >= 0.98."""
+    """The default window (the whole tile, one 1008 px window) in bfloat16 autocast vs float32: AJI >= 0.98."""
     image = monuseg / "images" / f"{TILE}.png"
     fp32, a = _label(network, image, tmp_path / "fp32", amp=False)
     bf16, b = _label(network, image, tmp_path / "bf16", amp=True)
     assert abs(a["nuclei"] - b["nuclei"]) <= 0.02 * a["nuclei"]
     assert aji(bf16, fp32) >= 0.98
+
+
+def test_compile_auto_for_large_images_only_and_compiled_outputs_match(tmp_path, monkeypatch):
+    import scripts.inference.infer as infer
+    from scripts.inference.predict import TilePredictor
+    from scripts.runtime.settings import SettingError, check
+    from tests.helpers import SAMPLE
+
+    torch.manual_seed(0)
+    network = HoVerUNet(features=(8, 8, 16, 16, 16, 8))
+    predictor = TilePredictor(network, roi_size=64)
+    x = torch.rand(2, 3, 64, 64) * 255
+    eager = predictor.forward(x)
+    predictor.compile()
+    torch.testing.assert_close(predictor.forward(x), eager, atol=1e-4, rtol=1e-4)
+
+    image = sorted((SAMPLE / "images").glob("*.png"))[0]  # 256 x 256
+    kwargs = dict(outputs=["csv"], compile="auto", roi_size=64, overlap=0.25, amp=False, progress=False)
+    small = NucleusInference(network, image, tmp_path / "small", **kwargs)
+    small.run()
+    assert small.predictor._compiled is None  # 0.07 Mpx: not worth compiling
+    monkeypatch.setattr(infer, "COMPILE_MIN_PIXELS", 256 * 256)
+    compiled = []
+    monkeypatch.setattr(TilePredictor, "compile", lambda self: compiled.append(self))  # compiled above already
+    large = NucleusInference(network, image, tmp_path / "large", **kwargs)
+    large.run()
+    assert compiled == [large.predictor]
+    with pytest.raises(SettingError, match="compile must be true, false or auto"):
+        check(compile="sometimes")
