@@ -497,7 +497,7 @@ class Bench:
             engine.process(warm)
             summary = engine.process(path)
             summary["label_map"] = np.asarray(Image.open(summary["outputs"]["label"])).astype(np.int32)
-            summary["window"] = engine.roi_size
+            summary["window"] = engine._grid.size  # (h, w): the tile in one window, or roi_size windows
             return summary
 
         for name in networks:
@@ -522,7 +522,7 @@ class Bench:
                     summary["postprocess_s"] / max(summary["network_s"] + summary["postprocess_s"], 1e-9), 3
                 ),
                 "nuclei": summary["nuclei"],
-                "window": summary["window"],
+                "window": "x".join(str(v) for v in summary["window"]),
                 "windows_run": summary["windows"],
             }
             if name == "cpu":
@@ -606,13 +606,13 @@ def _monai_pipeline(
     }
 
 
-def _forward_flops(network: torch.nn.Module, window: int) -> int:
-    """FLOPs of one forward pass of ``network`` on a (1, 3, window, window) input (``torch.utils.flop_counter``)."""
+def _forward_flops(network: torch.nn.Module, window: Sequence[int]) -> int:
+    """FLOPs of one forward pass of ``network`` on a (1, 3, *window) input (``torch.utils.flop_counter``)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
-        network.eval()(torch.zeros(1, 3, window, window))
+        network.eval()(torch.zeros(1, 3, *window))
     return int(counter.get_total_flops())
 
 

@@ -46,8 +46,14 @@ def test_transforms_report(tmp_path):
 def test_bench_inference_on_tiny_inputs(tmp_path):
     speed = tmp_path / "speed.json"
     Bench().inference(size=256, networks="cpu", reference=False, threads=1, output=str(speed))
-    result = json.loads(speed.read_text())["pipelines"]["ours_cpu"]
+    report = json.loads(speed.read_text())
+    result = report["pipelines"]["ours_cpu"]
     assert result["tiles_per_s"] > 0 and result["tiled_vs_whole_aji"] >= 0.98 and 0 <= result["postprocess_share"] < 1
+    assert result["window"] == "256x256" and result["windows_run"] == 1  # a 256 px tile: one window of itself
+    # the cpu segmenter costs ~160 kFLOP per pixel; achieved GFLOP/s below the measured roofline
+    assert 100 < result["kflop_per_pixel"] < 250 and 0 < result["roofline_fraction"] < 1
+    roofline = report["roofline"]
+    assert roofline["gflops"] == max(roofline["matmul_gflops"], roofline["conv3x3_gflops"])
     memory = tmp_path / "rss.json"
     Bench().inference(rss=True, slides="512", threads=1, output=str(memory))
     run = json.loads(memory.read_text())["runs"][0]
