@@ -29,7 +29,7 @@ class WindowGrid:
     """Network outputs of any box of an ``(H, W)`` image, blended from the windows of the whole image's sliding-window
     grid as MONAI's ``SlidingWindowInferer`` places and blends them (``mode="gaussian"``, zero padding of an image
     smaller than a window): a box's outputs equal whole-image sliding-window inference (to the precision ``dtype``
-    keeps), and each window runs once however many boxes it touches.
+    keeps windows in for later boxes), and each window runs once however many boxes it touches.
 
     The boxes are announced in processing order (:meth:`plan`); a computed window is kept only while a later box
     needs it, and only the part of it later boxes overlap (a row of window strips across the image for boxes taken
@@ -45,9 +45,10 @@ class WindowGrid:
         to_input: ``(B, 3, h, w)`` float32 pixels in [0, 255] -> network input (applied before the zero padding, as
             :meth:`~scripts.inference.predict.TilePredictor.network_input`).
         batch_size: windows per forward pass.
-        dtype: how computed windows are kept (weighted by the Gaussian): ``float16`` halves the strip of windows
-            waiting for the next row of boxes (~1,400 values per px of image width at the defaults), at ~5e-4
-            relative error; every box reads the same kept values, so boxes still agree exactly on shared pixels.
+        dtype: how computed windows are kept for later boxes (weighted by the Gaussian): ``float16`` halves the
+            strip of windows waiting for the next row of boxes (~1,400 values per px of image width at the
+            defaults), at ~5e-4 relative error; the box that runs a window uses it in float32 (an image in one box:
+            exactly MONAI's whole-image result).
     """
 
     def __init__(
@@ -116,7 +117,7 @@ class WindowGrid:
             output = self.forward(torch.stack([self._pixels(s) for s in batch])).float().cpu()
             self.windows_run += len(batch)
             for start, out in zip(batch, output, strict=True):
-                self._cache[start] = (start[0], start[1], (out * self.importance).to(self.dtype))
+                self._cache[start] = (start[0], start[1], out * self.importance)
 
     def outputs(self, box: Box) -> torch.Tensor:
         """(C, h, w) float32 blended outputs of a planned ``box``."""
@@ -155,6 +156,5 @@ class WindowGrid:
             kx0 = max(cx, min(b[1] for b in boxes) + self.pad[1])
             ky1 = min(cy + h, max(b[2] for b in boxes) + self.pad[0])
             kx1 = min(cx + w, max(b[3] for b in boxes) + self.pad[1])
-            if (ky0, kx0, ky1, kx1) != (cy, cx, cy + h, cx + w):
-                part = part[:, ky0 - cy : ky1 - cy, kx0 - cx : kx1 - cx].clone()
-            self._cache[start] = (ky0, kx0, part)
+            part = part[:, ky0 - cy : ky1 - cy, kx0 - cx : kx1 - cx]
+            self._cache[start] = (ky0, kx0, part.to(self.dtype) if part.dtype != self.dtype else part.clone())
