@@ -384,13 +384,14 @@ class Bench:
         (``torch.utils.flop_counter``), its achieved GFLOP/s and their fraction of the roofline (the best of a large
         matmul and a 64-channel 3x3 convolution timed here, in the same dtype); MONAI's pipeline with the same ``cpu``
         network (``SlidingWindowInferer`` 256 px at overlap 0.25, float32, + ``HoVerNetInstanceMapPostProcessing``) and
-        the time ratio; then MONAI's own HoVerNet pipeline, ``SlidingWindowHoVerNetInferer`` + ``HoVerNet`` (fast,
-        MONAI bundle settings: 164 px output, overlap 1 - 164/256) + ``HoVerNetInstanceMapPostProcessing``, on the
-        same image, and the time ratio. ``--rss``: generates pyramidal TIFFs of the ``slides`` sizes from MoNuSeg
-        tiles (tissue disc covering ``fill``) in a temporary folder and runs ``inference.json`` on each in a child
-        process, reporting its peak RSS (``--fast_allocator False`` runs the children without the glibc setting of
-        ``scripts.runtime``, which never returns freed memory). ``--slide PATH``: the same child-process run on your
-        slide. ``amp``: bfloat16 autocast (default: where the CPU computes bf16 natively, as ``inference.json``).
+        the time ratio; then, with ``hovernet`` among ``networks``, MONAI's own HoVerNet pipeline,
+        ``SlidingWindowHoVerNetInferer`` + ``HoVerNet`` (fast, MONAI bundle settings: 164 px output, overlap
+        1 - 164/256) + ``HoVerNetInstanceMapPostProcessing``, on the same image, and the time ratio. ``--rss``:
+        generates pyramidal TIFFs of the ``slides`` sizes from MoNuSeg tiles (tissue disc covering ``fill``) in a
+        temporary folder and runs ``inference.json`` on each in a child process, reporting its time and peak RSS
+        (``--fast_allocator False`` runs the children without the glibc setting of ``scripts.runtime``, which never
+        returns freed memory). ``--slide PATH``: the same child-process run on your slide. ``amp``: bfloat16
+        autocast (default: where the CPU computes bf16 natively, as ``inference.json``).
         """
         import shutil
         import sys
@@ -543,7 +544,7 @@ class Bench:
                         result["pipelines"]["monai_cpu"]["seconds"] / seconds, 2
                     )
             result["pipelines"][f"ours_{name}"] = entry
-        if reference:
+        if reference and "hovernet" in networks:
             network, weights = _hovernet(False, hovernet_path)
             inferer = SlidingWindowHoVerNetInferer(
                 roi_size=256,
