@@ -431,7 +431,8 @@ class Bench:
                     out = work / f"out_{path.stem}"
                     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file"]
                     command += ["bundle/configs/inference.json", "--input", str(path), "--output_dir", str(out)]
-                    command += ["--model_path", str(model), "--num_threads", str(threads), "--amp", str(amp)]
+                    command += ["--model_path", str(model)] if model else []  # default: the shipped model
+                    command += ["--num_threads", str(threads), "--amp", str(amp)]
                     command += ["--fast_allocator", str(fast_allocator)]
                     peak, seconds, _ = _run_child(command)
                     summary = json.loads((out / "summary.json").read_text())["images"][0]

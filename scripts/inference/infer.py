@@ -110,7 +110,7 @@ SEAM_BAND = 32  # px at the level read: how far outside its core a region may ta
 
 RECORDS = "records"  # per-image records, in output_dir
 SUMMARY_COLUMNS = ("image", "name", "status", "nuclei", "seconds", "rank", "outputs", "error")
-COMPILE_MIN_PIXELS = 50_000_000  # compile="auto": images (roi, at the network's resolution) from this size on
+COMPILE_MIN_PIXELS = 50_000_000  # compile="auto": from an image, or a run's images so far, of this many px on
 NIFTI_MAX_PIXELS = 100_000_000  # NIfTI maps are built in memory: refuse larger regions of interest
 # per-channel optical density of a uint8 value, as skimage.color.rgb2hed computes it
 _OD = (np.log(np.maximum(np.arange(256) / 255.0, 1e-6)) / np.log(1e-6)).astype(np.float64)
@@ -448,8 +448,8 @@ class NucleusInference:
             768 px ones); 0: always ``roi_size`` windows.
         amp: bfloat16 autocast.
         compile: run the network through ``torch.compile`` (:meth:`~scripts.inference.predict.TilePredictor.compile`);
-            ``"auto"``: from the first image of :data:`COMPILE_MIN_PIXELS` px on (slides), where the ~40 s of
-            compilation pay off.
+            ``"auto"``: once this engine has segmented :data:`COMPILE_MIN_PIXELS` px (a slide from its start, a
+            folder of 1000 px tiles from its 50th), where the ~40 s of compilation pay off.
         flip_tta: flip test-time augmentation (:class:`~scripts.inference.predict.TilePredictor`; 4x the network).
         tissue: skip the background regions of slides (tiles are always processed whole).
         tissue_threshold: saturation threshold (``None``: Otsu on the thumbnail, clipped to [0.04, 0.15]).
@@ -512,6 +512,7 @@ class NucleusInference:
         self._grid: WindowGrid | None = None
         self.single_window = int(single_window)
         self.compile = compile if compile == "auto" else as_bool(compile, "compile")
+        self._pixels_seen = 0  # px of the images this engine has segmented (at the network's resolution)
         self.tissue, self.tissue_threshold = as_bool(tissue, "tissue"), tissue_threshold
         self.workers, self.label_format, self.overlay_size = int(workers), label_format, int(overlay_size)
         if model_mpp is not None and not float(model_mpp) > 0:
@@ -837,7 +838,8 @@ class NucleusInference:
 
         claims = SeamClaims(SEAM_BAND)
         if self.predictor is not None:
-            if self.compile is True or (self.compile == "auto" and roi[2] * roi[3] >= COMPILE_MIN_PIXELS):
+            self._pixels_seen += roi[2] * roi[3]
+            if self.compile is True or (self.compile == "auto" and self._pixels_seen >= COMPILE_MIN_PIXELS):
                 self.predictor.compile()
             self._grid = WindowGrid(
                 source.read,

@@ -90,5 +90,17 @@ def test_compile_auto_for_large_images_only_and_compiled_outputs_match(tmp_path,
     large = NucleusInference(network, image, tmp_path / "large", **kwargs)
     large.run()
     assert compiled == [large.predictor]
+    # a folder of tiles: compiled from the image that brings the run to COMPILE_MIN_PIXELS on
+    folder = tmp_path / "tiles"
+    folder.mkdir()
+    for p in sorted((SAMPLE / "images").glob("*.png"))[:3]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    monkeypatch.setattr(infer, "COMPILE_MIN_PIXELS", 2 * 256 * 256)
+    compiled.clear()
+    tiles = NucleusInference(network, folder, tmp_path / "folder", **kwargs)
+    seen = []
+    monkeypatch.setattr(TilePredictor, "compile", lambda self: seen.append(tiles._pixels_seen))
+    tiles.run()
+    assert seen == [2 * 256 * 256, 3 * 256 * 256]  # not for the first tile; from the second on
     with pytest.raises(SettingError, match="compile must be true, false or auto"):
         check(compile="sometimes")
