@@ -19,7 +19,7 @@
   ``bundle/`` of the repository or the exported bundle's root);
 - ``model_path``: the weights (default ``<bundle>/models/model.pt``);
 - ``config_file``: comma-separated override files, e.g. ``configs/inference_hovernet.json``;
-- ``overrides``: a JSON object of ``inference.json`` keys, e.g. ``{"amp": true, "sw_batch_size": 8}``.
+- ``overrides``: a JSON object of ``inference.json`` keys, e.g. ``{"amp": false, "flip_tta": true}``.
 
 The task runs :class:`~scripts.inference.infer.NucleusInference` on the whole image, or on the requested region of it
 (``location`` ``[x, y]`` and ``size`` ``[w, h]`` in level-0 pixels, as QuPath's MONAI Label plugin sends them), in one

@@ -126,7 +126,7 @@ class NucleusSegmenter:
         model_path: weights (default: the config's ``model_path``, ``<bundle>/models/model.pt``).
         config_file: override files merged over ``inference.json``, e.g. ``configs/inference_hovernet.json``
             (relative paths: to the bundle folder first, then to the working directory).
-        overrides: config keys to set, e.g. ``{"amp": True, "sw_batch_size": 8}``.
+        overrides: config keys to set, e.g. ``{"amp": False, "flip_tta": True}``.
 
     Raises:
         ValueError: a missing bundle or config file, or weights that do not fit ``network_def``.
