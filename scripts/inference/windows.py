@@ -42,7 +42,7 @@ class WindowGrid:
         overlap: window overlap, as ``SlidingWindowInferer``.
         forward: ``(B, 3, h, w)`` float32 network input -> ``(B, C, h, w)`` float32 outputs, e.g.
             :meth:`scripts.inference.predict.TilePredictor.forward`.
-        to_input: ``(B, 3, h, w)`` float32 pixels in [0, 255] -> network input (applied before the zero padding, as
+        to_input: ``(..., 3, h, w)`` float32 pixels in [0, 255] -> network input (applied before the zero padding, as
             :meth:`~scripts.inference.predict.TilePredictor.network_input`).
         batch_size: windows per forward pass.
         dtype: how computed windows are kept for later boxes (weighted by the Gaussian): ``float16`` halves the
@@ -129,7 +129,7 @@ class WindowGrid:
         self._run([s for s in starts if s not in self._cache])
         y0, x0, y1, x1 = box[0] + self.pad[0], box[1] + self.pad[1], box[2] + self.pad[0], box[3] + self.pad[1]
         total, weight = None, torch.zeros((y1 - y0, x1 - x0))
-        for start in starts:  # MONAI's order: the same sums, to the last bit
+        for start in starts:  # MONAI's order: for a box that runs all its windows, the same sums to the last bit
             cy, cx, part = self._cache[start]
             ty0, tx0 = max(y0, cy), max(x0, cx)
             ty1, tx1 = min(y1, cy + part.shape[1]), min(x1, cx + part.shape[2])
