@@ -564,7 +564,7 @@ class Bench:
 
 
 def _monai_pipeline(
-    network: torch.nn.Module, path: Path, warm: Path, pixels: int, weights: str, inferer: Callable | None = None
+    network: torch.nn.Module, path: Path, warm: Path, area: int, weights: str, inferer: Callable | None = None
 ) -> dict:
     """MONAI's tile pipeline, float32: ``inferer`` (default ``SlidingWindowInferer``, 256 px windows at overlap 0.25,
     Gaussian) + ``HoVerNetInstanceMapPostProcessing`` (MONAI bundle settings), timed on ``path`` after ``warm``."""
@@ -600,7 +600,7 @@ def _monai_pipeline(
         "weights": weights,
         "seconds": round(seconds, 3),
         "tiles_per_s": round(1 / seconds, 4),
-        "megapixels_per_s": round(pixels / 1e6 / seconds, 4),
+        "megapixels_per_s": round(area / 1e6 / seconds, 4),
         "network_s": round(network_s, 3),
         "postprocess_s": round(seconds - network_s, 3),
         "postprocess_share": round((seconds - network_s) / seconds, 3),

@@ -396,3 +396,19 @@ def test_main_job_checks_the_whole_folder_before_the_first_stage(tmp_path):
     assert "nothing was run" in message and "smaller than the 64 px training crop" in message
     assert f"{names[0]}.png: label has shape" in message
     assert not out.exists()
+
+
+def test_evaluating_from_the_command_line(tmp_path):
+    """The README's ``run evaluating`` in a fresh process (evaluate.json's own imports replace train.json's: the
+    settings check must still resolve), on the embedded sample with the shipped model."""
+    import subprocess
+    import sys
+
+    configs = str([str(TRAIN), str(CONFIGS / "train_cpu.json"), str(EVALUATE)])
+    command = [sys.executable, "-m", "monai.bundle", "run", "evaluating", "--config_file", configs]
+    command += ["--data_dir", str(SAMPLE), "--model_path", str(REPO / "bundle" / "models" / "model.pt")]
+    command += ["--output_dir", str(tmp_path), "--eval_section", "all", "--flip_tta", "False"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = json.loads((tmp_path / "evaluation" / "metrics.json").read_text())
+    assert metrics["n_images"] == 4 and metrics["mean"]["aji"] > 0.3
