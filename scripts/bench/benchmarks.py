@@ -394,7 +394,6 @@ class Bench:
         autocast (default: where the CPU computes bf16 natively, as ``inference.json``).
         """
         import shutil
-        import sys
         import tempfile
 
         from scripts.runtime import native_bf16
@@ -407,14 +406,7 @@ class Bench:
         result: dict = {"machine": _machine()}
         try:
             if rss or slide:
-                model = model_path
-                if model is None and not (REPO / "bundle" / "models" / "model.pt").is_file():
-                    network, _ = _cpu_segmenter(None)
-                    model = str(work / "model.pt")
-                    torch.save(network.state_dict(), model)
-                    result["weights"] = "random weights (seed 0): no trained model given"
-                else:
-                    result["weights"] = model or str(REPO / "bundle" / "models" / "model.pt")
+                model, result["weights"] = slide_model(model_path, work)
                 if slide:
                     targets = [(Path(slide), None)]
                 else:
@@ -426,35 +418,11 @@ class Bench:
                         start = time.perf_counter()
                         path = make_slide(work / f"slide_{side}.tif", side, sources, fill=fill)
                         targets.append((path, round(time.perf_counter() - start, 1)))
-                runs = []
-                for path, make_s in targets:
-                    out = work / f"out_{path.stem}"
-                    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file"]
-                    command += ["bundle/configs/inference.json", "--input", str(path), "--output_dir", str(out)]
-                    command += ["--model_path", str(model)] if model else []  # default: the shipped model
-                    command += ["--num_threads", str(threads), "--amp", str(amp)]
-                    command += ["--fast_allocator", str(fast_allocator)]
-                    peak, seconds, _ = _run_child(command)
-                    summary = json.loads((out / "summary.json").read_text())["images"][0]
-                    runs.append(
-                        {
-                            "slide": str(path) if slide else f"{summary['shape'][0]}x{summary['shape'][1]}",
-                            "slide_file_mb": round(path.stat().st_size / 2**20, 1),
-                            "make_s": make_s,
-                            "peak_rss_mb": round(peak, 1),
-                            "process_s": round(seconds, 1),
-                            "inference_s": summary["seconds"],
-                            "regions": summary["regions"],
-                            "skipped_regions": summary["skipped_regions"],
-                            "nuclei": summary["nuclei"],
-                            "megapixels_per_s": round(summary["megapixels"] / summary["seconds"], 3),
-                            "regions_per_s": round(summary["regions"] / summary["seconds"], 3),
-                            "postprocess_share": round(
-                                summary["postprocess_s"] / max(summary["network_s"] + summary["postprocess_s"], 1e-9), 3
-                            ),
-                        }
-                    )
-                    shutil.rmtree(out, ignore_errors=True)
+                arguments = ["--num_threads", str(threads), "--amp", str(amp), "--fast_allocator", str(fast_allocator)]
+                runs = [
+                    slide_run(path, model, work, arguments, make_s, name=str(path) if slide else None)
+                    for path, make_s in targets
+                ]
                 result["runs"], result["fast_allocator"] = runs, fast_allocator
                 if len(runs) > 1:
                     result["rss_ratio_largest_vs_smallest"] = round(runs[-1]["peak_rss_mb"] / runs[0]["peak_rss_mb"], 3)
@@ -465,6 +433,25 @@ class Bench:
         print(json.dumps(result, indent=2))
         if output:
             Path(output).write_text(json.dumps(result, indent=2) + "\n")
+
+    def gpu(
+        self,
+        steps: int = 20,
+        slide_size: int | None = None,
+        fill: float = 0.5,
+        workers: int | None = None,
+        model_path: str | None = None,
+        data: str | None = None,
+        reduced: bool | None = None,
+        output: str | None = None,
+    ) -> None:
+        """The GPU path (``python -m scripts bench gpu``): a training step of the paper-scale GAN and of MONAI's
+        HoVerNet, and slide inference Mpx/s, on CUDA; reduced and on the CPU where CUDA is missing
+        (:func:`scripts.bench.gpu.gpu_benchmark`)."""
+        from scripts.bench.gpu import gpu_benchmark
+
+        reduced = None if reduced is None else as_bool(reduced, "reduced")
+        _report(gpu_benchmark(steps, slide_size, fill, workers, model_path, data, reduced), output)
 
     def _inference_speed(self, tile, size, networks, reference, model_path, hovernet_path, amp, work) -> dict:
         from monai.apps.pathology.inferers import SlidingWindowHoVerNetInferer
@@ -605,6 +592,55 @@ def _monai_pipeline(
         "postprocess_s": round(seconds - network_s, 3),
         "postprocess_share": round((seconds - network_s) / seconds, 3),
         "nuclei": count,
+    }
+
+
+def slide_model(model_path: str | None, work: Path) -> tuple[str | None, str]:
+    """The weights a slide run uses (``None``: the shipped model) and their description; seeded random weights saved
+    in ``work`` when no model is given and none is shipped."""
+    if model_path is None and not (REPO / "bundle" / "models" / "model.pt").is_file():
+        network, weights = _cpu_segmenter(None)
+        torch.save(network.state_dict(), work / "model.pt")
+        return str(work / "model.pt"), weights
+    return model_path, model_path or str(REPO / "bundle" / "models" / "model.pt")
+
+
+def slide_run(
+    path: Path, model: str | None, work: Path, arguments: Sequence[str], make_s: float | None, name: str | None = None
+) -> dict:
+    """``inference.json`` on the slide at ``path`` in a child process (``model``: weights, default the shipped model;
+    ``arguments``: more ``--key value`` overrides): its time, peak RSS, Mpx/s and post-processing share.
+
+    Linux carries a process's peak RSS across ``fork`` and ``exec``, so the child's peak reads at least this
+    process's own peak at the launch: reported as ``peak_rss_floor_mb`` (a peak equal to it says nothing)."""
+    import resource
+    import shutil
+    import sys
+
+    out = work / f"out_{path.stem}"
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file"]
+    command += ["bundle/configs/inference.json", "--input", str(path), "--output_dir", str(out)]
+    command += ["--model_path", str(model)] if model else []
+    floor = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak, seconds, _ = _run_child([*command, *arguments])
+    summary = json.loads((out / "summary.json").read_text())["images"][0]
+    shutil.rmtree(out, ignore_errors=True)
+    return {
+        "slide": name or f"{summary['shape'][0]}x{summary['shape'][1]}",
+        "slide_file_mb": round(path.stat().st_size / 2**20, 1),
+        "make_s": make_s,
+        "peak_rss_mb": round(peak, 1),
+        "peak_rss_floor_mb": round(floor, 1),
+        "process_s": round(seconds, 1),
+        "inference_s": summary["seconds"],
+        "regions": summary["regions"],
+        "skipped_regions": summary["skipped_regions"],
+        "nuclei": summary["nuclei"],
+        "megapixels_per_s": round(summary["megapixels"] / summary["seconds"], 3),
+        "regions_per_s": round(summary["regions"] / summary["seconds"], 3),
+        "postprocess_share": round(
+            summary["postprocess_s"] / max(summary["network_s"] + summary["postprocess_s"], 1e-9), 3
+        ),
     }
 
 

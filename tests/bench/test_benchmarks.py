@@ -58,3 +58,21 @@ def test_bench_inference_on_tiny_inputs(tmp_path):
     Bench().inference(rss=True, slides="512", threads=1, output=str(memory))
     run = json.loads(memory.read_text())["runs"][0]
     assert run["slide"] == "512x512" and run["peak_rss_mb"] > 100 and run["regions"] >= 1
+
+
+def test_bench_gpu_runs_reduced_on_the_cpu(tmp_path):
+    """Without CUDA ``bench gpu`` runs its three measurements in reduced form (small crops, batch 1, a small slide)."""
+    output = tmp_path / "gpu.json"
+    Bench().gpu(steps=1, slide_size=1024, workers=1, reduced=True, output=str(output))
+    report = json.loads(output.read_text())
+    assert report["reduced"] is True
+    gan, hovernet = report["gan_step"], report["hovernet_step"]
+    assert gan["config"].endswith("train_synthesis.json") and gan["crop_batch"] == "64 px, batch 1"
+    assert hovernet["config"].endswith("train.json") and hovernet["crop_batch"] == "256 px, batch 1"
+    for step in (gan, hovernet):
+        assert step["seconds_per_iteration"] > 0
+        assert abs(step["samples_per_second"] * step["seconds_per_iteration"] - 1) < 0.05  # batch 1
+    slide = report["slide"]
+    assert slide["slide"] == "1024x1024" and slide["backend"] in ("tifffile", "cucim")
+    assert slide["nuclei"] > 50 and slide["megapixels_per_s"] > 0  # a half-filled 1024^2 slide of MoNuSeg tissue
+    assert slide["peak_rss_mb"] >= slide["peak_rss_floor_mb"] > 0
