@@ -30,6 +30,7 @@ def _commands() -> dict:
         "demo": demo.demo,
         "bench": Bench,
         "synthesis_report": synthesis_report.synthesis_report,
+        "synthesis_colours": synthesis_report.synthesis_colours,
         "fit_points": fit_points.fit_points,
         "export": export.export,
         "release": release.release,

@@ -10,7 +10,7 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 """MONAI transforms of the bundle: point loading and alignment, shape-prior masks, HoVer maps, random points,
-stain jitter, HoVer-Net post-processing to instance maps.
+stain jitter and colour transfer, HoVer-Net post-processing to instance maps.
 
 Public API::
 
@@ -31,7 +31,7 @@ from transforms.postprocess import (
     split_output,
 )
 from transforms.random_points import PointSample, RandomPoints, RandomPointsd, load_point_prior
-from transforms.stain import RandHEDJitter, RandHEDJitterd
+from transforms.stain import RandHEDJitter, RandHEDJitterd, ReinhardColorMatch, lab_statistics
 
 __all__ = [
     "MONUSEG_RANGES",
@@ -55,9 +55,11 @@ __all__ = [
     "RandHEDJitterd",
     "RandomPoints",
     "RandomPointsd",
+    "ReinhardColorMatch",
     "TensorInstances",
     "TensorInstancesd",
     "find_point_problems",
+    "lab_statistics",
     "load_point_prior",
     "outline_band",
     "points_inside",

@@ -9,7 +9,8 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Stain augmentation of H&E images in haematoxylin-eosin-DAB (HED) optical-density space."""
+"""Stain of H&E images: random variation in haematoxylin-eosin-DAB (HED) optical-density space, and colour transfer
+to a reference image in LAB (Reinhard et al., 2001)."""
 
 from __future__ import annotations
 
@@ -18,11 +19,11 @@ from collections.abc import Hashable, Mapping, Sequence
 import numpy as np
 import torch
 from monai.config import KeysCollection, NdarrayOrTensor
-from monai.transforms import MapTransform, RandomizableTransform
+from monai.transforms import MapTransform, RandomizableTransform, Transform
 from monai.utils import convert_to_dst_type
-from skimage.color import hed_from_rgb, rgb_from_hed
+from skimage.color import hed_from_rgb, lab2rgb, rgb2lab, rgb_from_hed
 
-__all__ = ["RandHEDJitter", "RandHEDJitterd"]
+__all__ = ["RandHEDJitter", "RandHEDJitterd", "ReinhardColorMatch", "lab_statistics"]
 
 _MIN_INTENSITY = 1e-6  # as scikit-image's rgb2hed
 _LOG_ADJUST = float(np.log(_MIN_INTENSITY))  # densities in rgb2hed's units: -log(I) / -log(1e-6)
@@ -116,3 +117,51 @@ class RandHEDJitterd(RandomizableTransform, MapTransform):
         for key in self.key_iterator(d):
             d[key] = self.jitter(d[key], randomize=False)
         return d
+
+
+def _rgb_float(img: NdarrayOrTensor, name: str) -> np.ndarray:
+    """A ``(3, H, W)`` RGB image as float64 ``(H, W, 3)`` in [0, 1] (uint8 input is divided by 255)."""
+    array = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
+    if array.ndim != 3 or array.shape[0] != 3:
+        raise ValueError(f"{name} expects a (3, H, W) RGB image, got shape {tuple(array.shape)}.")
+    scale = 255.0 if array.dtype == np.uint8 else 1.0
+    return np.moveaxis(array, 0, -1).astype(np.float64) / scale
+
+
+def lab_statistics(img: NdarrayOrTensor) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and standard deviation of a ``(3, H, W)`` RGB image (uint8, or float in [0, 1]) in CIE LAB:
+    the colour statistics :class:`ReinhardColorMatch` transfers."""
+    lab = rgb2lab(_rgb_float(img, "lab_statistics")).reshape(-1, 3)
+    return lab.mean(axis=0), lab.std(axis=0)
+
+
+class ReinhardColorMatch(Transform):
+    """Colour transfer (Reinhard et al., 2001): each LAB channel of the image is standardised and given the target's
+    mean and standard deviation (:func:`lab_statistics` of a reference image), then converted back to RGB and
+    clipped. Used to give synthetic H&E tiles the colour of real training tiles; label-free.
+
+    Input: a ``(3, H, W)`` RGB image, uint8 or float in [0, 1]; the output has the same type, dtype and range.
+
+    Args:
+        mean: the target's LAB channel means.
+        std: the target's LAB channel standard deviations (> 0).
+    """
+
+    backend = ["numpy"]
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        self.mean, self.std = np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64)
+        if self.mean.shape != (3,) or self.std.shape != (3,) or not (self.std > 0).all():
+            raise ValueError(f"ReinhardColorMatch needs 3 means and 3 positive stds, got {mean} and {std}.")
+
+    def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
+        rgb = _rgb_float(img, "ReinhardColorMatch")
+        lab = rgb2lab(rgb)
+        mean, std = lab.reshape(-1, 3).mean(axis=0), lab.reshape(-1, 3).std(axis=0)
+        lab = (lab - mean) / np.maximum(std, 1e-6) * self.std + self.mean
+        out = np.moveaxis(np.clip(lab2rgb(lab), 0.0, 1.0), -1, 0)
+        dtype = img.dtype
+        if dtype in (np.uint8, torch.uint8):
+            out = np.round(out * 255.0).astype(np.uint8)
+            return convert_to_dst_type(out, img, dtype=dtype)[0]
+        return convert_to_dst_type(out.astype(np.float32), img, dtype=dtype)[0]

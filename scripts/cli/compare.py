@@ -38,6 +38,12 @@ ROWS = {
     "a_real": ("(a) CycleGAN pairs, real points", "synthetic", "ablation_a_cyclegan.json", "real"),
     "c_real": ("(c) ours, real points", "synthetic", "ablation_c_full.json", "real"),
     "c_random": ("(c) ours, random points", "synthetic", "ablation_c_full.json", "random"),
+    "c_real_matched": (
+        "(c) ours, real points, colours of real training tiles (Reinhard)",
+        "synthetic",
+        "ablation_c_full.json",
+        "real",
+    ),
     "c_real_pseudo": (
         "(c) ours, real points, + pseudo masks on the real images",
         "synthetic+pseudo",
@@ -54,6 +60,9 @@ ROWS = {
     ),
     "c_refined": ("(c) ours, real points, then refined on the real tiles (teacher: c_real)", "refined", None, None),
 }
+
+#: row -> ``synthesize.json`` settings of its synthetic pairs (the rows without one share their pairs)
+SYNTHESIS = {"c_real_matched": {"colour_match": "reinhard"}}
 
 #: refined row -> (the row whose segmenter is its teacher, run first when it is not among the rows; refine.json's
 #: ``refine_outlines``)
@@ -95,7 +104,9 @@ def compare(
             ``pseudo`` or ``c_real`` segmenter under the points' constraints, then a student trained on them; the
             teacher row runs first; ``pseudo_refined`` keeps the teacher's outlines, ``c_refined`` uses the default
             haematoxylin outlines), ``pseudo_refined_h`` (as ``pseudo_refined`` with the outlines moved onto the
-            haematoxylin-dark pixels) and ``pseudo_refined2`` (a second round, teacher: ``pseudo_refined``).
+            haematoxylin-dark pixels), ``pseudo_refined2`` (a second round, teacher: ``pseudo_refined``) and
+            ``c_real_matched`` (``c_real``'s GAN, each synthetic image given the LAB colour statistics of a random
+            real training tile: ``synthesize.json``'s ``colour_match: reinhard``).
         seeds: comma-separated seeds (e.g. ``0,1``): every stage of every row runs once per seed. A difference between
             rows smaller than the seed spread is not a result.
         gan_a, gan_c: finished GAN run folders to use as they are (for every seed); by default
@@ -181,7 +192,9 @@ def _compare_seed(
                 gan_dir = gan_dirs[ablation]
                 if not given[ablation]:
                     run_workflow(f"{row}: GAN", "training", gan_files, output_dir=str(gan_dir), **common)
-                synthetic_dir = out / f"synthetic_{ablation.split('_')[1]}_{points}"  # shared by rows
+                synthesis = SYNTHESIS.get(row, {})
+                suffix = "".join(f"_{value}" for value in synthesis.values())
+                synthetic_dir = out / f"synthetic_{ablation.split('_')[1]}_{points}{suffix}"  # shared by rows
                 generator = _generator_checkpoint(gan_dir, gan_checkpoint)
                 counts = (1, 1) if points == "random" else counts_per_tile
                 run_workflow(
@@ -195,6 +208,7 @@ def _compare_seed(
                     random_tiles=random_tiles,
                     masks_per_tile=counts[0],
                     draws_per_mask=counts[1],
+                    **synthesis,
                     **common,
                 )
                 seg["synthetic_datalist"] = str(synthetic_dir / "datalist.json")

@@ -9,18 +9,22 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""``python -m scripts synthesis_report RUN_DIR ...``: a Markdown table of synthesis runs (ablations side by side).
-
-Reads each run's ``metrics.jsonl`` (written by :class:`scripts.engines.synthesis_monitor.SynthesisMonitor`) and reports
-the last validation round and the round kept in ``best.pt``.
+"""Reports on synthesis: ``python -m scripts synthesis_report RUN_DIR ...``, a Markdown table of synthesis runs
+(ablations side by side) from each run's ``metrics.jsonl`` (written by
+:class:`scripts.engines.synthesis_monitor.SynthesisMonitor`): the last validation round and the round kept in
+``best.pt``; ``python -m scripts synthesis_colours SYNTHETIC_DIR``: the colour diversity of a synthetic dataset against
+the real training tiles.
 """
 
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from pathlib import Path
 
-__all__ = ["read_rounds", "synthesis_report"]
+import numpy as np
+
+__all__ = ["read_rounds", "synthesis_colours", "synthesis_report"]
 
 COLUMNS = ("point_f1", "diversity", "stain_distance", "score")
 
@@ -51,3 +55,41 @@ def synthesis_report(*run_dirs: str, output: str | None = None) -> None:
     print(table)
     if output:
         Path(output).write_text(table)
+
+
+def synthesis_colours(synthetic_dir: str, data: str = "../shared/data/monuseg", output: str | None = None) -> None:
+    """Colour diversity (:func:`scripts.evaluation.synthesis_quality.colour_spread`, delta E of mean LAB colours):
+    across the noise draws of each mask of the synthetic dataset in ``synthetic_dir`` (mean over masks), across all
+    its images, and across the real training tiles of ``data`` (its ``split.json`` training section, or the default
+    split): a generator that draws one average stain gives draws of one mask a spread far below the real tiles'.
+    Prints the JSON report (and writes it to ``output``)."""
+    from scripts.data.images import read_image
+    from scripts.data.tiles import tile_datalist
+    from scripts.evaluation.synthesis_quality import colour_spread
+    from transforms import lab_statistics
+
+    folder = Path(synthetic_dir)
+    datalist = folder / "datalist.json"
+    if not datalist.is_file():
+        raise FileNotFoundError(f"{datalist}: not found (is {synthetic_dir} a synthesize output folder?)")
+
+    def mean_colour(path: str | Path) -> np.ndarray:
+        return lab_statistics(read_image(path).transpose(2, 0, 1))[0]
+
+    draws: dict[str, list[np.ndarray]] = defaultdict(list)
+    for item in json.loads(datalist.read_text())["training"]:
+        draws[item["label"]].append(mean_colour(folder / item["image"]))
+    per_mask = [colour_spread(np.stack(colours)) for colours in draws.values() if len(colours) > 1]
+    real = np.stack([mean_colour(item["image"]) for item in tile_datalist(data)["training"]])
+    result = {
+        "synthetic_dir": str(folder),
+        "masks": len(draws),
+        "images": sum(len(colours) for colours in draws.values()),
+        "draws_of_one_mask_delta_e": round(float(np.mean(per_mask)), 2) if per_mask else None,
+        "synthetic_images_delta_e": round(colour_spread(np.concatenate([np.stack(c) for c in draws.values()])), 2),
+        "real_training_tiles_delta_e": round(colour_spread(real), 2),
+        "real_training_tiles": len(real),
+    }
+    print(json.dumps(result, indent=2))
+    if output:
+        Path(output).write_text(json.dumps(result, indent=2) + "\n")

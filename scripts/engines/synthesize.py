@@ -13,9 +13,10 @@
 
 For every point set (the real point files of a data folder, or fully random sets drawn from a fitted point prior),
 ``masks_per_source`` instance masks are sampled by the shape prior and ``draws_per_mask`` images rendered by ``G``
-under different noise. Every mask, image and noise draw has its own seed derived from ``(seed, source, mask,
-draw)``, so a run is reproducible and an interrupted run, started again, skips the finished files (each written
-atomically) and produces exactly the same dataset without duplicates.
+under different noise, optionally each given the LAB colour statistics of a random real training tile (Reinhard
+colour transfer, :class:`transforms.ReinhardColorMatch`). Every mask, image, noise draw and colour target has its own
+seed derived from ``(seed, source, mask, draw)``, so a run is reproducible and an interrupted run, started again,
+skips the finished files (each written atomically) and produces exactly the same dataset without duplicates.
 
 Output folder::
 
@@ -40,12 +41,14 @@ from tqdm import tqdm
 
 from scripts.data.atomic import atomic_path, remove_stale_temporaries
 from scripts.data.datalist import read_image_info
-from scripts.data.images import read_label, signed_to_uint8
+from scripts.data.images import read_image, read_label, signed_to_uint8
 from scripts.engines.checkpoint import load_network_weights
 from scripts.runtime import bf16_autocast
-from transforms import EncodeMask, LoadPoints, PointsToEllipseMask, RandomPoints
+from transforms import EncodeMask, LoadPoints, PointsToEllipseMask, RandomPoints, ReinhardColorMatch, lab_statistics
 
-__all__ = ["load_generator", "random_point_sources", "real_point_sources", "synthesize"]
+__all__ = ["colour_targets", "load_generator", "random_point_sources", "real_point_sources", "synthesize"]
+
+COLOUR_MATCH = ("none", "reinhard")
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +71,16 @@ def real_point_sources(datalist: dict, section: str = "training") -> list[dict]:
         size = read_image_info(item["image"]).size
         sources.append({"name": Path(item["image"]).stem, "points": item["points"], "spatial_size": tuple(size)})
     return sources
+
+
+def colour_targets(colour_match: str, datalist: dict) -> list[str] | None:
+    """The real tiles whose colours synthetic images take (``colour_match="reinhard"``): the images of the datalist's
+    ``training`` section (the tiles the GAN trained on; never the validation tiles); ``None`` for ``"none"``."""
+    if colour_match not in COLOUR_MATCH:
+        raise ValueError(f"colour_match must be one of {list(COLOUR_MATCH)}, got {colour_match!r}.")
+    if colour_match == "none":
+        return None
+    return [str(item["image"]) for item in datalist["training"]]
 
 
 def random_point_sources(
@@ -97,6 +110,7 @@ def synthesize(
     amp: bool = False,
     settings: dict | None = None,
     progress: bool = True,
+    colour_targets: Sequence[str | Path] | None = None,
 ) -> Path:
     """Render the synthetic dataset of ``sources`` into ``output_dir``; returns its ``datalist.json``.
 
@@ -112,6 +126,8 @@ def synthesize(
         amp: render under bfloat16 autocast.
         settings: extra settings recorded in (and checked against) ``manifest.json``, e.g. the checkpoint path.
         progress: show a progress bar.
+        colour_targets: real H&E images; when given, every rendered image takes the LAB colour statistics of one of
+            them, drawn with the image's own seed (:class:`transforms.ReinhardColorMatch`).
     """
     if masks_per_source < 1 or draws_per_mask < 1:
         raise ValueError(f"masks_per_source and draws_per_mask must be >= 1, got {masks_per_source}, {draws_per_mask}.")
@@ -126,12 +142,15 @@ def synthesize(
         "sampler": {k: v for k, v in sorted((sampler_kwargs or {}).items())},
         **(settings or {}),
     }
+    if colour_targets:  # only then: folders made before the option resume as they were
+        manifest["colour_match"] = {"method": "reinhard", "targets": [Path(t).stem for t in colour_targets]}
     _check_manifest(out, manifest)
     for folder in (out, out / "images", out / "labels", out / "points"):
         remove_stale_temporaries(folder)  # left by a killed run
     device = torch.device(device)
     generator = generator.to(device).eval()
     sampler = PointsToEllipseMask(**(sampler_kwargs or {}))
+    colours = [lab_statistics(read_image(t).transpose(2, 0, 1)) for t in colour_targets or ()]
     items: list[dict] = []
     bar = tqdm(
         total=len(sources) * masks_per_source * draws_per_mask, desc="synthesize", unit="image", disable=not progress
@@ -158,7 +177,8 @@ def synthesize(
                     continue
                 if label is None:
                     label = _mask(sampler, points, size, _seed(seed, 2, i, k), label_path, points_path)
-                _render(generator, label, _seed(seed, 3, i, k, d), image_path, device, amp)
+                colour = colours[_seed(seed, 4, i, k, d) % len(colours)] if colours else None
+                _render(generator, label, _seed(seed, 3, i, k, d), image_path, device, amp, colour)
                 bar.update()
     bar.close()
     datalist = out / "datalist.json"
@@ -223,9 +243,16 @@ def _mask(
 
 @torch.no_grad()
 def _render(
-    generator: torch.nn.Module, label: np.ndarray, seed: int, path: Path, device: torch.device, amp: bool
+    generator: torch.nn.Module,
+    label: np.ndarray,
+    seed: int,
+    path: Path,
+    device: torch.device,
+    amp: bool,
+    colour: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> None:
-    """``G`` on the whole mask (zero-padded to the generator's size factor), written as an RGB PNG."""
+    """``G`` on the whole mask (zero-padded to the generator's size factor), given the LAB ``colour`` statistics
+    (mean, std) if any, written as an RGB PNG."""
     h, w = label.shape
     mask = EncodeMask()(label[None])[None]
     factor = int(getattr(generator, "factor", 1))
@@ -238,5 +265,7 @@ def _render(
     with bf16_autocast(device, amp):
         image = generator(mask, z).float()[0, :, :h, :w]
     pixels = signed_to_uint8(image)
+    if colour is not None:
+        pixels = ReinhardColorMatch(*colour)(pixels.transpose(2, 0, 1)).transpose(1, 2, 0)
     with atomic_path(path) as tmp:
         Image.fromarray(pixels).save(tmp, format="PNG")

@@ -16,6 +16,8 @@ function says otherwise.
 
 - :func:`diversity`: the paper's diversity, the per-pixel standard deviation over several noise draws of the
   generator for the same mask, averaged over pixels, channels and masks, in ``[0, 1]`` intensity units.
+- :func:`colour_spread`: how far images' mean colours (CIE LAB) lie from their centroid, e.g. across the noise draws
+  of one mask against across real tiles.
 - :func:`stain_distance`: a colour-distribution distance that needs no pretrained network, the sliced
   Wasserstein-1 distance between the pixel clouds of the two image sets in the haematoxylin-eosin-DAB optical
   density space of ``skimage.color.rgb2hed``.
@@ -44,6 +46,7 @@ from skimage.color import rgb2hed
 
 __all__ = [
     "HookedFeatures",
+    "colour_spread",
     "diversity",
     "encoder_features",
     "fidelity_report",
@@ -97,6 +100,16 @@ def diversity(images: torch.Tensor) -> float:
         raise ValueError(f"diversity needs at least 2 noise draws per mask, got images of shape {tuple(images.shape)}.")
     x = (images.detach().double() + 1.0) / 2.0
     return float(x.std(dim=0, correction=0).mean())
+
+
+def colour_spread(lab_means: np.ndarray) -> float:
+    """Root-mean-square distance (CIE76 delta E) of images' mean LAB colours (``(N, 3)``, e.g. the first output of
+    :func:`transforms.lab_statistics` per image) to their centroid: 0 when every image has the same mean colour; about
+    1-2 is a just-noticeable difference, above ~5 the colours differ at a glance."""
+    means = np.asarray(lab_means, dtype=np.float64)
+    if means.ndim != 2 or means.shape[1] != 3 or len(means) < 2:
+        raise ValueError(f"colour_spread needs (N >= 2, 3) mean LAB colours, got shape {means.shape}.")
+    return float(np.sqrt(((means - means.mean(axis=0)) ** 2).sum(axis=1).mean()))
 
 
 def _to_hed_pixels(images: torch.Tensor, n: int, rng: np.random.Generator) -> np.ndarray:

@@ -335,12 +335,16 @@ def test_compare_and_coherence_write_their_tables(tmp_path):
     from scripts.cli.compare import coherence, compare
 
     out = tmp_path / "compare"
-    compare(data=str(SAMPLE), output=str(out), profile="smoke", rows="upper,c_real,c_real_pseudo")
+    compare(data=str(SAMPLE), output=str(out), profile="smoke", rows="upper,c_real,c_real_pseudo,c_real_matched")
     seed0 = out / "seed0"
     table = (seed0 / "comparison.md").read_text()
     assert "| upper bound: real images + dense labels | 1 |" in table and "| (c) ours, real points | 1 |" in table
     assert "| (c) ours, real points, + pseudo masks on the real images | 1 |" in table
-    assert sorted(p.name for p in seed0.glob("synthetic_*")) == ["synthetic_c_real"]  # the two (c) rows share it
+    assert "| (c) ours, real points, colours of real training tiles (Reinhard) | 1 |" in table
+    # the two plain (c) rows share their pairs; the colour-matched row renders its own with the same GAN
+    assert sorted(p.name for p in seed0.glob("synthetic_*")) == ["synthetic_c_real", "synthetic_c_real_reinhard"]
+    matched = json.loads((seed0 / "synthetic_c_real_reinhard" / "manifest.json").read_text())
+    assert matched["colour_match"]["method"] == "reinhard" and len(matched["colour_match"]["targets"]) == 3
     upper = json.loads((seed0 / "upper" / "evaluation" / "metrics.json").read_text())
     scores = json.loads((out / "comparison.json").read_text())["upper bound: real images + dense labels"]
     assert scores["mean"] == pytest.approx(upper["mean"]) and scores["spread"]["aji"] == 0.0

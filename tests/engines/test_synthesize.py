@@ -23,9 +23,13 @@ import torch
 from PIL import Image
 
 from networks import MaskToImageGenerator
+from scripts.cli.synthesis_report import synthesis_colours
+from scripts.data.images import read_image
 from scripts.data.tiles import tile_datalist
 from scripts.engines.synthesize import load_generator, random_point_sources, real_point_sources, synthesize
+from scripts.runtime.settings import clear_error
 from tests.helpers import REPO, SAMPLE, parse_configs
+from transforms import lab_statistics
 
 PRIOR = REPO / "bundle" / "configs" / "point_prior_monuseg.json"
 
@@ -137,3 +141,50 @@ def test_synthetic_pairs_use_only_the_gan_training_split(tmp_path):
     names = {source["name"] for source in parser.get_parsed_content("point_sources")}
     assert names == {item["name"] for item in tile_datalist(data, seed=1)["training"]}
     assert not names & validation
+
+
+def test_colour_match_gives_each_image_the_colours_of_a_training_tile(tmp_path):
+    """``colour_match: reinhard``: every image takes the LAB statistics of one real training tile (never a validation
+    tile), drawn per image; the masks are the same as without it; the manifest records it."""
+    data = tmp_path / "data"
+    for sub in ("images", "points"):
+        shutil.copytree(SAMPLE / sub, data / sub)
+    configs = [REPO / "bundle" / "configs" / f for f in ("train_synthesis.json", "train_synthesis_smoke.json")]
+    parser = parse_configs(*configs, REPO / "bundle" / "configs" / "synthesize.json", data_dir=str(data))
+    assert parser.get_parsed_content("colour_targets") is None  # off by default
+    parser["colour_match"] = "reinhard"
+    datalist = parser.get_parsed_content("datalist")
+    targets = parser.get_parsed_content("colour_targets")
+    assert sorted(Path(t).stem for t in targets) == sorted(item["name"] for item in datalist["training"])
+    sources = real_point_sources(datalist)
+    plain = synthesize(_generator(), sources, tmp_path / "plain", 1, 3, seed=2, progress=False)
+    matched = synthesize(
+        _generator(), sources, tmp_path / "matched", 1, 3, seed=2, progress=False, colour_targets=targets
+    )
+    target_means = np.stack([lab_statistics(read_image(t).transpose(2, 0, 1))[0] for t in targets])
+    chosen = set()
+    for a, b in zip(
+        json.loads(plain.read_text())["training"], json.loads(matched.read_text())["training"], strict=True
+    ):
+        assert (tmp_path / "plain" / a["label"]).read_bytes() == (tmp_path / "matched" / b["label"]).read_bytes()
+        mean = lab_statistics(np.asarray(Image.open(tmp_path / "matched" / b["image"])).transpose(2, 0, 1))[0]
+        distance = np.abs(target_means - mean).max(axis=1)
+        assert distance.min() < 2.0  # the colours of one of the training tiles (up to rounding and gamut clipping)
+        chosen.add(int(distance.argmin()))
+    assert len(chosen) > 1 or len(targets) == 1  # drawn per image, not one colour for all
+    # the colour diversity report: matched images spread like the real training tiles, the plain ones far less
+    reports = {}
+    for name in ("plain", "matched"):
+        synthesis_colours(str(tmp_path / name), data=str(data), output=str(tmp_path / f"{name}.json"))
+        reports[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    assert reports["matched"]["masks"] == len(sources) and reports["matched"]["images"] == 3 * len(sources)
+    assert reports["matched"]["real_training_tiles"] == len(targets)
+    real = reports["matched"]["real_training_tiles_delta_e"]
+    assert reports["plain"]["synthetic_images_delta_e"] < 0.5 * real < reports["matched"]["synthetic_images_delta_e"]
+    manifest = json.loads((tmp_path / "matched" / "manifest.json").read_text())
+    assert manifest["colour_match"] == {"method": "reinhard", "targets": [Path(t).stem for t in targets]}
+    assert "colour_match" not in json.loads((tmp_path / "plain" / "manifest.json").read_text())
+    parser["colour_match"] = "macenko"
+    with pytest.raises(RuntimeError) as error:  # MONAI wraps it; the run's error handler prints this one line
+        parser.get_parsed_content("colour_targets")
+    assert "colour_match must be one of ['none', 'reinhard'], got 'macenko'" in str(clear_error(error.value))

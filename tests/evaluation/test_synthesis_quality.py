@@ -23,6 +23,7 @@ from skimage.color import hed2rgb
 
 from scripts.evaluation.synthesis_quality import (
     HookedFeatures,
+    colour_spread,
     diversity,
     encoder_features,
     fidelity_report,
@@ -266,3 +267,14 @@ def test_fidelity_report():
     assert report["kid_std"] >= 0
     with pytest.raises(ValueError, match=r"expected fake of shape \(N, 3, H, W\)"):
         fidelity_report(fake[:, :1], real)
+
+
+def test_colour_spread_is_the_rms_delta_e_to_the_centroid():
+    assert colour_spread(np.array([[50.0, 20.0, -5.0]] * 4)) == 0.0
+    # two colours 6 delta E apart: each lies 3 from their centroid
+    assert colour_spread(np.array([[50.0, 20.0, -5.0], [50.0, 20.0, 1.0]])) == pytest.approx(3.0)
+    points = np.random.default_rng(0).normal(size=(50, 3))
+    expected = np.sqrt(np.mean(np.sum((points - points.mean(0)) ** 2, axis=1)))
+    assert colour_spread(points) == pytest.approx(expected) and colour_spread(points + 30) == pytest.approx(expected)
+    with pytest.raises(ValueError, match=r"needs \(N >= 2, 3\) mean LAB colours"):
+        colour_spread(np.zeros((1, 3)))

@@ -9,7 +9,7 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Tests of ``transforms/stain.py``: HED stain jitter on real H&E."""
+"""Tests of ``transforms/stain.py``: HED stain jitter and Reinhard colour transfer on real H&E."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from PIL import Image
 from skimage.color import rgb2hed
 
 from tests.helpers import SAMPLE
-from transforms import RandHEDJitter, RandHEDJitterd
+from transforms import RandHEDJitter, RandHEDJitterd, ReinhardColorMatch, lab_statistics
 
 
 @pytest.fixture(scope="module")
@@ -58,3 +58,35 @@ def test_seeded_prob_and_dictionary_version(image):
         RandHEDJitter()(image[:1])
     with pytest.raises(ValueError, match="scale must be >= 0"):
         RandHEDJitter(scale=-0.1)
+
+
+def _sample(name: str) -> np.ndarray:
+    return np.asarray(Image.open(SAMPLE / "images" / f"{name}.png").convert("RGB")).transpose(2, 0, 1)
+
+
+def test_reinhard_gives_the_image_the_target_colour_statistics(sample_names):
+    source, target = _sample(sample_names[0]), _sample(sample_names[-1])
+    mean, std = lab_statistics(target)
+    before = lab_statistics(source)
+    assert np.abs(before[0] - mean).max() > 3  # two different stains: something to transfer
+    out = ReinhardColorMatch(mean, std)(source)
+    assert out.dtype == np.uint8 and out.shape == source.shape
+    after_mean, after_std = lab_statistics(out)
+    # up to uint8 rounding and the clipping of out-of-gamut colours
+    assert np.abs(after_mean - mean).max() < 1.5 and np.abs(after_std / std - 1).max() < 0.1
+    # the structure stays: the image's own lightness order is kept
+    lightness = np.corrcoef(source.mean(axis=0).ravel(), out.astype(np.float64).mean(axis=0).ravel())[0, 1]
+    assert lightness > 0.95
+
+
+def test_reinhard_to_the_image_itself_changes_nothing(image):
+    out = ReinhardColorMatch(*lab_statistics(image))(torch.from_numpy(image))
+    assert isinstance(out, torch.Tensor) and out.dtype == torch.float32
+    assert (out.numpy() - image).__abs__().max() < 1e-3
+
+
+def test_reinhard_rejects_bad_targets_and_shapes(image):
+    with pytest.raises(ValueError, match="3 means and 3 positive stds"):
+        ReinhardColorMatch([50, 0, 0], [10, 0, 5])
+    with pytest.raises(ValueError, match=r"expects a \(3, H, W\) RGB image"):
+        ReinhardColorMatch([50, 0, 0], [10, 5, 5])(image[0])
