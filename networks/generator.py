@@ -26,7 +26,7 @@ from networks.utils import maybe_spectral_norm
 
 __all__ = ["MaskToImageGenerator", "SPADEResBlock"]
 
-NOISE_MODES = ("none", "vector", "spatial")
+NOISE_MODES = ("none", "vector", "spatial", "mixed")
 
 
 class _SPADEShortcut(nn.Module):
@@ -87,7 +87,9 @@ class MaskToImageGenerator(nn.Module):
     x2 upsampling except the last; then ``LeakyReLU(0.2) -> conv3x3 -> tanh``.
 
     Noise modes: ``"none"`` (no z; ``z_dim`` ignored), ``"vector"`` (z ``(B, z_dim)`` broadcast over the
-    image), ``"spatial"`` (z ``(B, z_dim, H, W)``, the paper's "3D noise"). A missing z is drawn from N(0, 1).
+    image), ``"spatial"`` (z ``(B, z_dim, H, W)``, the paper's "3D noise"), ``"mixed"`` (z ``(B, z_dim, H, W)``
+    whose first ``z_dim // 2`` channels are drawn once per image, an appearance code constant over the image that
+    conditions every block, and the others per pixel). A missing z is drawn from N(0, 1).
 
     Parameter counts (``in_channels=3, out_channels=3, spade_hidden=128``, ``noise="vector"``):
     defaults (``ngf=32``, multipliers ``(16, 16, 16, 8, 4, 2, 1)``, ``z_dim=64``): 23,768,547;
@@ -100,7 +102,7 @@ class MaskToImageGenerator(nn.Module):
         ngf: base width.
         channel_multipliers: widths ``ngf * m`` from the start grid to the output resolution.
         z_dim: noise channels (ignored when ``noise="none"``).
-        noise: ``"none"``, ``"vector"`` or ``"spatial"``.
+        noise: ``"none"``, ``"vector"``, ``"spatial"`` or ``"mixed"``.
         spade_hidden: hidden width of the SPADE gamma/beta nets.
         spectral_norm: spectral norm on the residual blocks' convs. Call
             :func:`networks.remove_spectral_norm` before ``torch.jit.script``.
@@ -125,8 +127,8 @@ class MaskToImageGenerator(nn.Module):
             raise ValueError(f"noise must be one of {NOISE_MODES}, got {noise!r}.")
         if len(channel_multipliers) < 2:
             raise ValueError(f"channel_multipliers needs at least 2 entries, got {tuple(channel_multipliers)}.")
-        if noise != "none" and z_dim < 1:
-            raise ValueError(f"z_dim must be positive with noise={noise!r}, got {z_dim}.")
+        if noise != "none" and z_dim < (2 if noise == "mixed" else 1):
+            raise ValueError(f"z_dim must be >= {2 if noise == 'mixed' else 1} with noise={noise!r}, got {z_dim}.")
         self.in_channels = in_channels
         self.noise = noise
         self.z_dim = z_dim if noise != "none" else 0
@@ -153,7 +155,7 @@ class MaskToImageGenerator(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> torch.Tensor | None:
         """Draw z ~ N(0, 1) of the shape ``forward`` expects for a ``(batch, C, height, width)`` mask:
-        ``(batch, z_dim)`` ("vector"), ``(batch, z_dim, height, width)`` ("spatial"), or None ("none").
+        ``(batch, z_dim)`` ("vector"), ``(batch, z_dim, height, width)`` ("spatial", "mixed"), or None ("none").
         Exported to TorchScript, so a scripted generator has it too."""
         if self.noise == "none":
             return None
@@ -164,6 +166,11 @@ class MaskToImageGenerator(nn.Module):
     ) -> torch.Tensor:
         if self.noise == "spatial":
             return torch.randn([batch, self.z_dim, height, width], device=device, dtype=dtype)
+        if self.noise == "mixed":
+            k = self.z_dim // 2
+            code = torch.randn([batch, k, 1, 1], device=device, dtype=dtype).expand(batch, k, height, width)
+            pixels = torch.randn([batch, self.z_dim - k, height, width], device=device, dtype=dtype)
+            return torch.cat([code, pixels], dim=1)
         return torch.randn([batch, self.z_dim], device=device, dtype=dtype)
 
     def forward(self, s: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
@@ -195,7 +202,9 @@ class MaskToImageGenerator(nn.Module):
                     raise ValueError(f"vector noise z must be ({b}, {self.z_dim}), got shape {list(z.shape)}.")
                 z = z[:, :, None, None].expand(b, self.z_dim, h, w)
             elif z.dim() != 4 or z.shape[0] != b or z.shape[1] != self.z_dim or z.shape[2] != h or z.shape[3] != w:
-                raise ValueError(f"spatial noise z must be ({b}, {self.z_dim}, {h}, {w}), got shape {list(z.shape)}.")
+                raise ValueError(
+                    f"{self.noise} noise z must be ({b}, {self.z_dim}, {h}, {w}), got shape {list(z.shape)}."
+                )
             seg = torch.cat([s, z.to(s.dtype)], dim=1)
         x = self.head(F.interpolate(seg, size=[h // f, w // f], mode="nearest"))
         for i, block in enumerate(self.blocks):

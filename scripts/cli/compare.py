@@ -38,6 +38,12 @@ ROWS = {
     "a_real": ("(a) CycleGAN pairs, real points", "synthetic", "ablation_a_cyclegan.json", "real"),
     "c_real": ("(c) ours, real points", "synthetic", "ablation_c_full.json", "real"),
     "c_random": ("(c) ours, random points", "synthetic", "ablation_c_full.json", "random"),
+    "c_real_mixed": (
+        "(c) ours, real points, G with a per-image appearance code + spatial noise",
+        "synthetic",
+        "ablation_c_mixed.json",
+        "real",
+    ),
     "c_real_matched": (
         "(c) ours, real points, colours of real training tiles (Reinhard)",
         "synthetic",
@@ -60,6 +66,9 @@ ROWS = {
     ),
     "c_refined": ("(c) ours, real points, then refined on the real tiles (teacher: c_real)", "refined", None, None),
 }
+
+#: GAN ablation file -> the name of its run folder (``gan_<name>``) and synthetic pairs (``synthetic_<name>_<points>``)
+GANS = {"ablation_a_cyclegan.json": "a", "ablation_c_full.json": "c", "ablation_c_mixed.json": "c_mixed"}
 
 #: row -> ``synthesize.json`` settings of its synthetic pairs (the rows without one share their pairs)
 SYNTHESIS = {"c_real_matched": {"colour_match": "reinhard"}}
@@ -104,9 +113,11 @@ def compare(
             ``pseudo`` or ``c_real`` segmenter under the points' constraints, then a student trained on them; the
             teacher row runs first; ``pseudo_refined`` keeps the teacher's outlines, ``c_refined`` uses the default
             haematoxylin outlines), ``pseudo_refined_h`` (as ``pseudo_refined`` with the outlines moved onto the
-            haematoxylin-dark pixels), ``pseudo_refined2`` (a second round, teacher: ``pseudo_refined``) and
-            ``c_real_matched`` (``c_real``'s GAN, each synthetic image given the LAB colour statistics of a random
-            real training tile: ``synthesize.json``'s ``colour_match: reinhard``).
+            haematoxylin-dark pixels), ``pseudo_refined2`` (a second round, teacher: ``pseudo_refined``),
+            ``c_real_mixed`` (its own GAN, ``ablation_c_mixed.json``: ``G`` with ``noise: mixed``, an appearance
+            code drawn per image beside the per-pixel noise) and ``c_real_matched`` (``c_real``'s GAN, each
+            synthetic image given the LAB colour statistics of a random real training tile: ``synthesize.json``'s
+            ``colour_match: reinhard``).
         seeds: comma-separated seeds (e.g. ``0,1``): every stage of every row runs once per seed. A difference between
             rows smaller than the seed spread is not a result.
         gan_a, gan_c: finished GAN run folders to use as they are (for every seed); by default
@@ -167,11 +178,9 @@ def _compare_seed(
     random_tiles: int,
 ) -> dict[str, dict]:
     """The rows of one seed in ``out``; returns ``{row name: {"metrics": metrics.json, "minutes": segmenter}}``."""
-    gan_dirs = {
-        "ablation_a_cyclegan.json": Path(gan_a or out / "gan_a"),
-        "ablation_c_full.json": Path(gan_c or out / "gan_c"),
-    }
-    given = {"ablation_a_cyclegan.json": gan_a is not None, "ablation_c_full.json": gan_c is not None}
+    given_dirs = {"ablation_a_cyclegan.json": gan_a, "ablation_c_full.json": gan_c}
+    gan_dirs = {file: Path(given_dirs.get(file) or out / f"gan_{name}") for file, name in GANS.items()}
+    given = {file: given_dirs.get(file) is not None for file in GANS}
     common = {"data_dir": str(data), "seed": seed}
     seg_files = [CONFIGS / "train.json", CONFIGS / f"train_{profile}.json"]
     results = {}
@@ -194,7 +203,7 @@ def _compare_seed(
                     run_workflow(f"{row}: GAN", "training", gan_files, output_dir=str(gan_dir), **common)
                 synthesis = SYNTHESIS.get(row, {})
                 suffix = "".join(f"_{value}" for value in synthesis.values())
-                synthetic_dir = out / f"synthetic_{ablation.split('_')[1]}_{points}{suffix}"  # shared by rows
+                synthetic_dir = out / f"synthetic_{GANS[ablation]}_{points}{suffix}"  # shared by rows
                 generator = _generator_checkpoint(gan_dir, gan_checkpoint)
                 counts = (1, 1) if points == "random" else counts_per_tile
                 run_workflow(

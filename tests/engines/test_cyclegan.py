@@ -292,6 +292,10 @@ def test_profiles_and_ablations_configure_the_documented_networks():
     assert a["generator"].noise == "none" and a["loss_weights"]["w_point"] == 0.0
     b = built(CPU, CONFIGS / "ablation_b_noise.json")
     assert b["generator"].noise == "spatial" and b["loss_weights"]["w_point"] == 0.0
+    mixed = built(CPU, CONFIGS / "ablation_c_mixed.json")
+    assert mixed["generator"].noise == "mixed" and mixed["loss_weights"]["w_point"] == 1.0
+    z = mixed["generator"].sample_noise(2, 8, 8)  # cpu z_dim 8: 4 appearance channels, 4 per-pixel ones
+    assert z.shape == (2, 8, 8, 8) and (z[:, :4] == z[:, :4, :1, :1]).all() and (z[:, 4:].std(dim=(2, 3)) > 0.3).all()
     full = built(CONFIGS / "ablation_c_full.json")
     assert full["crop_size"] == 256 and sum(p.numel() for p in full["generator"].parameters()) > 10e6
 

@@ -416,3 +416,18 @@ def test_evaluating_from_the_command_line(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     metrics = json.loads((tmp_path / "evaluation" / "metrics.json").read_text())
     assert metrics["n_images"] == 4 and metrics["mean"]["aji"] > 0.3
+
+
+def test_every_synthetic_row_has_its_gan_folder_and_pairs():
+    """Rows of one GAN share its run folder; rows with other synthesis settings or GANs get their own pairs."""
+    from scripts.cli.compare import GANS, ROWS, SYNTHESIS
+
+    pairs = {}
+    for row, (_, _, ablation, points) in ROWS.items():
+        if ablation is None:
+            continue
+        assert ablation in GANS and (REPO / "bundle" / "configs" / ablation).is_file()
+        key = (ablation, points, tuple(sorted(SYNTHESIS.get(row, {}).items())))
+        pairs.setdefault(key, []).append(row)
+    assert pairs[("ablation_c_full.json", "real", ())] == ["c_real", "c_real_pseudo"]
+    assert len(set(GANS.values())) == len(GANS)

@@ -70,18 +70,21 @@ def test_generator_forward_backward(multipliers, sizes):
         assert_all_grads(g)
 
 
-@pytest.mark.parametrize("noise", ["vector", "spatial"])
+@pytest.mark.parametrize("noise", ["vector", "spatial", "mixed"])
 def test_generator_noise(noise):
     g = small_generator(noise).eval()
     s = torch.rand(2, 3, 64, 64)
     z1, z2 = g.sample_noise(2, 64, 64), g.sample_noise(2, 64, 64)
     assert z1.shape == ((2, 3) if noise == "vector" else (2, 3, 64, 64))
+    if noise == "mixed":  # channel 0 (3 // 2 = 1 channel): one value per image; channels 1-2: per pixel
+        assert (z1[:, :1] == z1[:, :1, :1, :1]).all() and z1[0, 0, 0, 0] != z1[1, 0, 0, 0]
+        assert z1[:, 1:].std(dim=(2, 3)).min() > 0.8
     with torch.no_grad():
         y1, y1b, y2 = g(s, z1), g(s, z1.clone()), g(s, z2)
         assert torch.equal(y1, y1b)
         assert (y1 - y2).abs().mean() > 1e-4
         assert (g(s) - g(s)).abs().mean() > 1e-4  # z drawn when missing
-    bad = torch.randn(2, 3, 32, 32) if noise == "spatial" else torch.randn(2, 4)
+    bad = torch.randn(2, 4) if noise == "vector" else torch.randn(2, 3, 32, 32)
     with pytest.raises(ValueError, match=f"{noise} noise z must be"):
         g(s, bad)
 
@@ -110,7 +113,7 @@ def test_generator_input_validation():
         MaskToImageGenerator(**SMALL_G)(torch.rand(1, 3, 80, 80))
 
 
-@pytest.mark.parametrize("noise", ["none", "vector", "spatial"])
+@pytest.mark.parametrize("noise", ["none", "vector", "spatial", "mixed"])
 def test_generator_torchscript(noise, tmp_path):
     g = small_generator(noise)
     s = torch.rand(2, 3, 32, 32)
