@@ -62,7 +62,9 @@ def synthesis_colours(synthetic_dir: str, data: str = "../shared/data/monuseg", 
     across the noise draws of each mask of the synthetic dataset in ``synthetic_dir`` (mean over masks), across all
     its images, and across the real training tiles of ``data`` (its ``split.json`` training section, or the default
     split): a generator that draws one average stain gives draws of one mask a spread far below the real tiles'.
-    Prints the JSON report (and writes it to ``output``)."""
+    Per validation tile (images only), the distance of its mean colour to the nearest training tile and to the
+    nearest synthetic image: which real colours the pairs do not cover. Prints the JSON report (and writes it to
+    ``output``)."""
     from scripts.data.images import read_image
     from scripts.data.tiles import tile_datalist
     from scripts.evaluation.synthesis_quality import colour_spread
@@ -80,15 +82,29 @@ def synthesis_colours(synthetic_dir: str, data: str = "../shared/data/monuseg", 
     for item in json.loads(datalist.read_text())["training"]:
         draws[item["label"]].append(mean_colour(folder / item["image"]))
     per_mask = [colour_spread(np.stack(colours)) for colours in draws.values() if len(colours) > 1]
-    real = np.stack([mean_colour(item["image"]) for item in tile_datalist(data)["training"]])
+    tiles = tile_datalist(data)
+    real = np.stack([mean_colour(item["image"]) for item in tiles["training"]])
+    synthetic = np.concatenate([np.stack(colours) for colours in draws.values()])
+
+    def nearest(colour: np.ndarray, colours: np.ndarray) -> float:
+        return round(float(np.linalg.norm(colours - colour, axis=1).min()), 2)
+
+    validation = {}
+    for item in tiles["validation"]:
+        colour = mean_colour(item["image"])
+        validation[Path(item["image"]).stem] = {
+            "nearest_training_tile_delta_e": nearest(colour, real),
+            "nearest_synthetic_image_delta_e": nearest(colour, synthetic),
+        }
     result = {
         "synthetic_dir": str(folder),
         "masks": len(draws),
         "images": sum(len(colours) for colours in draws.values()),
         "draws_of_one_mask_delta_e": round(float(np.mean(per_mask)), 2) if per_mask else None,
-        "synthetic_images_delta_e": round(colour_spread(np.concatenate([np.stack(c) for c in draws.values()])), 2),
+        "synthetic_images_delta_e": round(colour_spread(synthetic), 2),
         "real_training_tiles_delta_e": round(colour_spread(real), 2),
         "real_training_tiles": len(real),
+        "validation_tiles": validation,
     }
     print(json.dumps(result, indent=2))
     if output:

@@ -181,6 +181,11 @@ def test_colour_match_gives_each_image_the_colours_of_a_training_tile(tmp_path):
     assert reports["matched"]["real_training_tiles"] == len(targets)
     real = reports["matched"]["real_training_tiles_delta_e"]
     assert reports["plain"]["synthetic_images_delta_e"] < 0.5 * real < reports["matched"]["synthetic_images_delta_e"]
+    # the validation tile's colour: matched pairs cover it about as well as the training tiles do, plain ones worse
+    (tile,) = reports["matched"]["validation_tiles"].values()
+    plain_tile = next(iter(reports["plain"]["validation_tiles"].values()))
+    assert plain_tile["nearest_training_tile_delta_e"] == tile["nearest_training_tile_delta_e"] > 0
+    assert tile["nearest_synthetic_image_delta_e"] < plain_tile["nearest_synthetic_image_delta_e"]
     manifest = json.loads((tmp_path / "matched" / "manifest.json").read_text())
     assert manifest["colour_match"] == {"method": "reinhard", "targets": [Path(t).stem for t in targets]}
     assert "colour_match" not in json.loads((tmp_path / "plain" / "manifest.json").read_text())
