@@ -65,6 +65,12 @@ ROWS = {
         None,
     ),
     "c_refined": ("(c) ours, real points, then refined on the real tiles (teacher: c_real)", "refined", None, None),
+    "c_matched_refined": (
+        "(c) colour-matched pairs, then refined on the real tiles (teacher: c_real_matched)",
+        "refined",
+        None,
+        None,
+    ),
 }
 
 #: GAN ablation file -> the name of its run folder (``gan_<name>``) and synthetic pairs (``synthetic_<name>_<points>``)
@@ -80,6 +86,7 @@ REFINED = {
     "pseudo_refined2": ("pseudo_refined", "teacher"),
     "pseudo_refined_h": ("pseudo", "haematoxylin"),
     "c_refined": ("c_real", "haematoxylin"),
+    "c_matched_refined": ("c_real_matched", "haematoxylin"),
 }
 
 
@@ -117,7 +124,7 @@ def compare(
             ``c_real_mixed`` (its own GAN, ``ablation_c_mixed.json``: ``G`` with ``noise: mixed``, an appearance
             code drawn per image beside the per-pixel noise) and ``c_real_matched`` (``c_real``'s GAN, each
             synthetic image given the LAB colour statistics of a random real training tile: ``synthesize.json``'s
-            ``colour_match: reinhard``).
+            ``colour_match: reinhard``); ``c_matched_refined`` refines with the ``c_real_matched`` teacher.
         seeds: comma-separated seeds (e.g. ``0,1``): every stage of every row runs once per seed. A difference between
             rows smaller than the seed spread is not a result.
         gan_a, gan_c: finished GAN run folders to use as they are (for every seed); by default

@@ -420,7 +420,7 @@ def test_evaluating_from_the_command_line(tmp_path):
 
 def test_every_synthetic_row_has_its_gan_folder_and_pairs():
     """Rows of one GAN share its run folder; rows with other synthesis settings or GANs get their own pairs."""
-    from scripts.cli.compare import GANS, ROWS, SYNTHESIS
+    from scripts.cli.compare import GANS, REFINED, ROWS, SYNTHESIS
 
     pairs = {}
     for row, (_, _, ablation, points) in ROWS.items():
@@ -431,3 +431,7 @@ def test_every_synthetic_row_has_its_gan_folder_and_pairs():
         pairs.setdefault(key, []).append(row)
     assert pairs[("ablation_c_full.json", "real", ())] == ["c_real", "c_real_pseudo"]
     assert len(set(GANS.values())) == len(GANS)
+    # every refined row names a row as its teacher, and an outline mode refine.json knows
+    for row, (teacher, outlines) in REFINED.items():
+        assert ROWS[row][1] == "refined" and teacher in ROWS and outlines in ("teacher", "haematoxylin")
+    assert REFINED["c_matched_refined"][0] == "c_real_matched"
