@@ -609,15 +609,17 @@ def slide_run(
     path: Path, model: str | None, work: Path, arguments: Sequence[str], make_s: float | None, name: str | None = None
 ) -> dict:
     """``inference.json`` on the slide at ``path`` in a child process (``model``: weights, default the shipped model;
-    ``arguments``: more ``--key value`` overrides): its time, peak RSS, Mpx/s and post-processing share.
+    ``arguments``: more ``--key value`` overrides): its time, peak RSS, Mpx/s and post-processing share. The outputs
+    go to a new folder inside ``work``, removed afterwards; nothing else in ``work`` is touched.
 
     Linux carries a process's peak RSS across ``fork`` and ``exec``, so the child's peak reads at least this
     process's own peak at the launch: reported as ``peak_rss_floor_mb`` (a peak equal to it says nothing)."""
     import resource
     import shutil
     import sys
+    import tempfile
 
-    out = work / f"out_{path.stem}"
+    out = Path(tempfile.mkdtemp(prefix=f"out_{path.stem}_", dir=work))  # its own folder: never a user's
     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file"]
     command += ["bundle/configs/inference.json", "--input", str(path), "--output_dir", str(out)]
     command += ["--model_path", str(model)] if model else []

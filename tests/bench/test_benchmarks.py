@@ -15,6 +15,7 @@ benchmark command, not asserted here)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -76,3 +77,27 @@ def test_bench_gpu_runs_reduced_on_the_cpu(tmp_path):
     assert slide["slide"] == "1024x1024" and slide["backend"] in ("tifffile", "cucim")
     assert slide["nuclei"] > 50 and slide["megapixels_per_s"] > 0  # a half-filled 1024^2 slide of MoNuSeg tissue
     assert slide["peak_rss_mb"] >= slide["peak_rss_floor_mb"] > 0
+
+
+def test_slide_run_removes_only_the_folder_it_made(tmp_path, monkeypatch):
+    """A slide run writes its outputs to a new folder inside ``work`` and removes only that one."""
+    from scripts.bench import benchmarks
+
+    def fake_child(command):  # stands in for inference.json: writes the summary it would write
+        out = Path(command[command.index("--output_dir") + 1])
+        summary = {"shape": [512, 512], "seconds": 2.0, "regions": 1, "skipped_regions": 0, "nuclei": 7,
+                   "megapixels": 0.262144, "postprocess_s": 0.5, "network_s": 1.5}  # fmt: skip
+        (out / "summary.json").write_text(json.dumps({"images": [summary]}))
+        return 300.0, 2.5, ""
+
+    monkeypatch.setattr(benchmarks, "_run_child", fake_child)
+    slide = tmp_path / "slide.tif"
+    slide.write_bytes(b"0" * 1024)
+    mine = tmp_path / "out_slide"  # a user's folder with the name the outputs once had
+    mine.mkdir()
+    (mine / "keep.txt").write_text("mine")
+    run = benchmarks.slide_run(slide, None, tmp_path, [], 0.1)
+    assert (mine / "keep.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out_slide", "slide.tif"]
+    assert run["slide"] == "512x512" and run["megapixels_per_s"] == round(0.262144 / 2.0, 3)
+    assert run["postprocess_share"] == 0.25 and run["peak_rss_mb"] == 300.0
