@@ -17,7 +17,9 @@ The user's points are hard constraints on a teacher's prediction of a real tile:
 - a predicted nucleus holding several points is split among them (marker watershed on the nucleus's distance map);
 - a point left without a nucleus gets its fallback shape (a sampled ellipse), on pixels no kept nucleus covers;
 - a predicted nucleus holding no point is removed and its pixels are *ignored* by the loss, not taught as
-  background (a point set may be incomplete).
+  background (a point set may be incomplete); with ``pointless="background"`` (every nucleus of the tile carries a
+  point) only the removed nuclei touching a labelled one (possibly a fragment of it) are ignored, the isolated ones are
+  taught as background.
 
 Nucleus ``i + 1`` of the result holds point ``i``, as in :class:`~transforms.PointsToEllipseMask`.
 """
@@ -30,7 +32,11 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
-__all__ = ["PointLabels", "haematoxylin_outlines", "point_constrained_labels"]
+__all__ = ["POINTLESS", "PointLabels", "haematoxylin_outlines", "point_constrained_labels"]
+
+#: what a predicted nucleus holding no point becomes: ``ignore`` (all its pixels are skipped by the loss) or
+#: ``background`` (taught as background unless it touches a labelled nucleus; those stay ignored)
+POINTLESS = ("ignore", "background")
 
 
 @dataclass
@@ -48,7 +54,9 @@ class PointLabels:
     counts: dict[str, int]
 
 
-def point_constrained_labels(instances: np.ndarray, points: np.ndarray, fallback: np.ndarray) -> PointLabels:
+def point_constrained_labels(
+    instances: np.ndarray, points: np.ndarray, fallback: np.ndarray, pointless: str = "ignore"
+) -> PointLabels:
     """Training label of one tile from a teacher's ``instances`` and the tile's ``points``.
 
     Args:
@@ -56,7 +64,12 @@ def point_constrained_labels(instances: np.ndarray, points: np.ndarray, fallback
         points: (N, 2) ``(y, x)`` pixel coordinates inside the tile.
         fallback: (H, W) instance map whose nucleus ``i + 1`` is the fallback shape of point ``i`` (e.g. a
             :class:`~transforms.PointsToEllipseMask` sample of the same points).
+        pointless: what a predicted nucleus holding no point becomes (:data:`POINTLESS`): ``ignore`` when the point
+            set may be incomplete, ``background`` when every nucleus carries a point (then only the ones touching a
+            labelled nucleus, 8-connected, stay ignored).
     """
+    if pointless not in POINTLESS:
+        raise ValueError(f"pointless must be one of {POINTLESS}, got {pointless!r}.")
     instances = np.asarray(instances)
     if instances.ndim != 2 or np.asarray(fallback).shape != instances.shape:
         raise ValueError(
@@ -92,6 +105,10 @@ def point_constrained_labels(instances: np.ndarray, points: np.ndarray, fallback
     free = (label == 0) & np.isin(fallback, filled + 1)
     label[free] = fallback[free]
     ignore &= label == 0
+    if pointless == "background" and ignore.any():
+        touching = ndi.binary_dilation(label > 0, structure=np.ones((3, 3), bool)) & ignore
+        kept = np.unique(instances[touching])  # removed nuclei with a pixel beside a labelled one
+        ignore &= np.isin(instances, kept[kept > 0])
 
     present = np.zeros(len(points) + 1, dtype=bool)
     present[np.unique(label)] = True

@@ -71,6 +71,18 @@ ROWS = {
         None,
         None,
     ),
+    "c_refined_bg": (
+        "(c) ours, refined, point-less nuclei taught as background (teacher: c_real)",
+        "refined",
+        None,
+        None,
+    ),
+    "pseudo_refined_bg": (
+        "pseudo masks, refined with haematoxylin outlines, point-less nuclei taught as background (teacher: pseudo)",
+        "refined",
+        None,
+        None,
+    ),
 }
 
 #: GAN ablation file -> the name of its run folder (``gan_<name>``) and synthetic pairs (``synthetic_<name>_<points>``)
@@ -79,14 +91,18 @@ GANS = {"ablation_a_cyclegan.json": "a", "ablation_c_full.json": "c", "ablation_
 #: row -> ``synthesize.json`` settings of its synthetic pairs (the rows without one share their pairs)
 SYNTHESIS = {"c_real_matched": {"colour_match": "reinhard"}}
 
-#: refined row -> (the row whose segmenter is its teacher, run first when it is not among the rows; refine.json's
-#: ``refine_outlines``)
+_HAEMATOXYLIN = {"refine_outlines": "haematoxylin"}
+_BACKGROUND = {**_HAEMATOXYLIN, "refine_pointless": "background"}
+#: refined row -> (the row whose segmenter is its teacher, run first when it is not among the rows; its
+#: ``refine.json`` settings)
 REFINED = {
-    "pseudo_refined": ("pseudo", "teacher"),
-    "pseudo_refined2": ("pseudo_refined", "teacher"),
-    "pseudo_refined_h": ("pseudo", "haematoxylin"),
-    "c_refined": ("c_real", "haematoxylin"),
-    "c_matched_refined": ("c_real_matched", "haematoxylin"),
+    "pseudo_refined": ("pseudo", {"refine_outlines": "teacher"}),
+    "pseudo_refined2": ("pseudo_refined", {"refine_outlines": "teacher"}),
+    "pseudo_refined_h": ("pseudo", _HAEMATOXYLIN),
+    "pseudo_refined_bg": ("pseudo", _BACKGROUND),
+    "c_refined": ("c_real", _HAEMATOXYLIN),
+    "c_refined_bg": ("c_real", _BACKGROUND),
+    "c_matched_refined": ("c_real_matched", _HAEMATOXYLIN),
 }
 
 
@@ -124,7 +140,10 @@ def compare(
             ``c_real_mixed`` (its own GAN, ``ablation_c_mixed.json``: ``G`` with ``noise: mixed``, an appearance
             code drawn per image beside the per-pixel noise) and ``c_real_matched`` (``c_real``'s GAN, each
             synthetic image given the LAB colour statistics of a random real training tile: ``synthesize.json``'s
-            ``colour_match: reinhard``); ``c_matched_refined`` refines with the ``c_real_matched`` teacher.
+            ``colour_match: reinhard``); ``c_matched_refined`` refines with the ``c_real_matched`` teacher;
+            ``c_refined_bg`` and ``pseudo_refined_bg`` are ``c_refined`` and ``pseudo_refined_h`` with
+            ``refine_pointless: background`` (a teacher's nucleus holding no point is taught as background unless it
+            touches a labelled nucleus: every MoNuSeg nucleus carries a point).
         seeds: comma-separated seeds (e.g. ``0,1``): every stage of every row runs once per seed. A difference between
             rows smaller than the seed spread is not a result.
         gan_a, gan_c: finished GAN run folders to use as they are (for every seed); by default
@@ -229,13 +248,13 @@ def _compare_seed(
                 )
                 seg["synthetic_datalist"] = str(synthetic_dir / "datalist.json")
             if row in REFINED:
-                teacher, outlines = REFINED[row]
+                teacher, settings = REFINED[row]
                 seconds = run_workflow(
                     f"{row} (seed {seed}): refine",
                     "refine",
                     [*seg_files, CONFIGS / "refine.json"],
                     teacher_path=str(out / teacher / "model.pt"),
-                    refine_outlines=outlines,
+                    **settings,
                     **seg,
                     **common,
                 )

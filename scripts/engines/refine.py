@@ -39,7 +39,7 @@ from scripts.evaluation.metrics import instance_metrics
 from scripts.evaluation.visualize import contours_on, grid, instances_rgb, points_on
 from scripts.inference.predict import TilePredictor
 from transforms import PointsToEllipseMask
-from transforms.point_labels import PointLabels, haematoxylin_outlines, point_constrained_labels
+from transforms.point_labels import POINTLESS, PointLabels, haematoxylin_outlines, point_constrained_labels
 
 __all__ = ["OUTLINES", "PointConstrainedLabeller"]
 
@@ -64,6 +64,10 @@ class PointConstrainedLabeller:
         outlines: ``teacher`` (each nucleus keeps the teacher's outline) or ``haematoxylin`` (outlines move onto the
             haematoxylin-dark pixels where that gives a plausible, solid nucleus:
             :func:`~transforms.point_labels.haematoxylin_outlines`; the pixels given up are ignored).
+        pointless: what a teacher nucleus holding no point becomes: ``ignore`` (the loss skips it: the point set may
+            be incomplete) or ``background`` (every nucleus carries a point: isolated ones are taught as background,
+            the ones touching a labelled nucleus stay ignored); see
+            :func:`~transforms.point_labels.point_constrained_labels`.
     """
 
     def __init__(
@@ -79,10 +83,13 @@ class PointConstrainedLabeller:
         flip_tta: bool = False,
         seed: int = 0,
         outlines: str = "haematoxylin",
+        pointless: str = "ignore",
     ) -> None:
         if outlines not in OUTLINES:
             raise ValueError(f"refine_outlines must be one of {OUTLINES}, got {outlines!r}.")
-        self.outlines = outlines
+        if pointless not in POINTLESS:
+            raise ValueError(f"refine_pointless must be one of {POINTLESS}, got {pointless!r}.")
+        self.outlines, self.pointless = outlines, pointless
         self.teacher_path, self.output_dir = Path(teacher_path), Path(output_dir)
         if not self.teacher_path.is_file():
             raise FileNotFoundError(f"{self.teacher_path}: teacher model not found (teacher_path).")
@@ -134,10 +141,10 @@ class PointConstrainedLabeller:
         """Labels of another teacher or other label settings are never mixed in: ``teacher.json`` records what the
         labels of ``output_dir`` come from."""
         digest = hashlib.md5(self.teacher_path.read_bytes()).hexdigest()
-        settings = {"outlines": self.outlines, "seed": self.seed}
+        settings = {"outlines": self.outlines, "seed": self.seed, "pointless": self.pointless}
         record = self.output_dir / "teacher.json"
         if record.is_file():
-            known = json.loads(record.read_text())
+            known = {"pointless": "ignore", **json.loads(record.read_text())}  # labels from before the option
             if known.get("md5") != digest:
                 raise ValueError(
                     f"{self.output_dir}: holds labels from another teacher (md5 {known.get('md5')}, "
@@ -177,7 +184,7 @@ class PointConstrainedLabeller:
         """The label rules on one tile (and the outlines moved onto the image when asked); the fallback ellipses are
         drawn with ``seed + index``, so the result is reproducible."""
         fallback = np.asarray(self.sampler.set_random_state(self.seed + index)(points, instances.shape))[0]
-        result = point_constrained_labels(instances, points, fallback)
+        result = point_constrained_labels(instances, points, fallback, self.pointless)
         result.counts["outlines_moved"] = 0
         if self.outlines == "haematoxylin":
             haematoxylin = rgb2hed(image.permute(1, 2, 0).numpy().astype(np.uint8))[..., 0]

@@ -136,6 +136,12 @@ def test_labels_of_another_teacher_are_never_mixed_in(tmp_path):
         _run(_refine(tmp_path / "run", refine_outlines="haematoxylin"))
     assert "holds labels made with other settings" in str(clear_error(error.value))
     with pytest.raises(Exception) as error:
+        _run(_refine(tmp_path / "run", refine_pointless="background"))
+    assert "holds labels made with other settings" in str(clear_error(error.value))
+    with pytest.raises(Exception) as error:
+        _run(_refine(tmp_path / "new", refine_pointless="drop"))
+    assert "refine_pointless must be one of" in str(clear_error(error.value))
+    with pytest.raises(Exception) as error:
         _run(_refine(tmp_path / "new", teacher_path=str(tmp_path / "missing.pt")))
     assert isinstance(clear_error(error.value), FileNotFoundError)
     assert "missing.pt: teacher model not found" in str(clear_error(error.value))

@@ -431,7 +431,11 @@ def test_every_synthetic_row_has_its_gan_folder_and_pairs():
         pairs.setdefault(key, []).append(row)
     assert pairs[("ablation_c_full.json", "real", ())] == ["c_real", "c_real_pseudo"]
     assert len(set(GANS.values())) == len(GANS)
-    # every refined row names a row as its teacher, and an outline mode refine.json knows
-    for row, (teacher, outlines) in REFINED.items():
-        assert ROWS[row][1] == "refined" and teacher in ROWS and outlines in ("teacher", "haematoxylin")
+    # every refined row names a row as its teacher, and settings refine.json has, with values it accepts
+    refine = json.loads((REPO / "bundle" / "configs" / "refine.json").read_text())
+    accepted = {"refine_outlines": ("teacher", "haematoxylin"), "refine_pointless": ("ignore", "background")}
+    for row, (teacher, settings) in REFINED.items():
+        assert ROWS[row][1] == "refined" and teacher in ROWS
+        assert all(key in refine and value in accepted[key] for key, value in settings.items()), row
+    assert REFINED["c_refined_bg"] == ("c_real", {"refine_outlines": "haematoxylin", "refine_pointless": "background"})
     assert REFINED["c_matched_refined"][0] == "c_real_matched"

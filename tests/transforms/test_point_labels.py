@@ -86,6 +86,21 @@ def test_duplicate_points_and_empty_inputs():
         point_constrained_labels(teacher, points, fallback[:10])
 
 
+def test_pointless_background_teaches_isolated_point_less_nuclei_as_background():
+    """With ``pointless="background"`` an isolated point-less nucleus is background (not ignored), one touching a
+    labelled nucleus (a possible fragment of it) stays ignored; the labels themselves do not change."""
+    teacher, points, fallback = _scene()
+    teacher[_disc(teacher.shape, (15, 27), 4) & (teacher == 0)] = 5  # point-less, touching kept nucleus 1
+    ignored = point_constrained_labels(teacher, points, fallback)
+    assert np.array_equal(ignored.ignore, (teacher == 3) | (teacher == 5))
+    result = point_constrained_labels(teacher, points, fallback, pointless="background")
+    assert np.array_equal(result.label, ignored.label) and result.counts == ignored.counts
+    assert np.array_equal(result.ignore, teacher == 5)
+    assert not result.ignore[teacher == 3].any() and not result.label[teacher == 3].any()
+    with pytest.raises(ValueError, match="pointless must be one of"):
+        point_constrained_labels(teacher, points, fallback, pointless="drop")
+
+
 def test_with_sampled_ellipses_on_a_real_crop():
     """The rules with the real fallback (PointsToEllipseMask) on a sample crop whose teacher is its true label with
     one nucleus dropped: the dropped nucleus's point gets an ellipse, everything else is kept."""
