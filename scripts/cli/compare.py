@@ -29,12 +29,13 @@ from scripts.data.atomic import atomic_path
 from scripts.engines.checkpoint import latest_checkpoint
 from scripts.evaluation.evaluate import COLUMN_LABELS, format_comparison
 
-__all__ = ["REFINED", "ROWS", "coherence", "compare"]
+__all__ = ["REFINED", "ROWS", "SEGMENTER", "coherence", "compare"]
 
 #: row id -> (row name, training data, GAN ablation file or None, point source)
 ROWS = {
     "upper": ("upper bound: real images + dense labels", "dense", None, None),
     "pseudo": ("pseudo masks from the points", "pseudo", None, None),
+    "pseudo_band2": ("pseudo masks, a 2 px band along their outlines ignored", "pseudo", None, None),
     "a_real": ("(a) CycleGAN pairs, real points", "synthetic", "ablation_a_cyclegan.json", "real"),
     "c_real": ("(c) ours, real points", "synthetic", "ablation_c_full.json", "real"),
     "c_random": ("(c) ours, random points", "synthetic", "ablation_c_full.json", "random"),
@@ -91,6 +92,9 @@ GANS = {"ablation_a_cyclegan.json": "a", "ablation_c_full.json": "c", "ablation_
 #: row -> ``synthesize.json`` settings of its synthetic pairs (the rows without one share their pairs)
 SYNTHESIS = {"c_real_matched": {"colour_match": "reinhard"}}
 
+#: row -> segmenter settings (``train_cpu.json``) of its own
+SEGMENTER = {"pseudo_band2": {"pseudo_outline_ignore": 2}}
+
 _HAEMATOXYLIN = {"refine_outlines": "haematoxylin"}
 _BACKGROUND = {**_HAEMATOXYLIN, "refine_pointless": "background"}
 #: refined row -> (the row whose segmenter is its teacher, run first when it is not among the rows; its
@@ -143,7 +147,8 @@ def compare(
             ``colour_match: reinhard``); ``c_matched_refined`` refines with the ``c_real_matched`` teacher;
             ``c_refined_bg`` and ``pseudo_refined_bg`` are ``c_refined`` and ``pseudo_refined_h`` with
             ``refine_pointless: background`` (a teacher's nucleus holding no point is taught as background unless it
-            touches a labelled nucleus: every MoNuSeg nucleus carries a point).
+            touches a labelled nucleus: every MoNuSeg nucleus carries a point); ``pseudo_band2`` is ``pseudo`` with
+            ``pseudo_outline_ignore: 2`` (the loss skips 2 px on each side of every pseudo-mask outline).
         seeds: comma-separated seeds (e.g. ``0,1``): every stage of every row runs once per seed. A difference between
             rows smaller than the seed spread is not a result.
         gan_a, gan_c: finished GAN run folders to use as they are (for every seed); by default
@@ -215,6 +220,7 @@ def _compare_seed(
         row_dir = out / row
         metrics, timing = row_dir / "evaluation" / "metrics.json", row_dir / "timing.json"
         seg = {"output_dir": str(row_dir), "model_path": str(row_dir / "model.pt"), "training_data": training_data}
+        seg.update(SEGMENTER.get(row, {}))
         if training_data == "dense":
             seg["key_metric"] = "aji"  # the upper bound may select on labels; every other row selects on points
         if not metrics.is_file():

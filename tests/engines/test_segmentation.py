@@ -420,7 +420,7 @@ def test_evaluating_from_the_command_line(tmp_path):
 
 def test_every_synthetic_row_has_its_gan_folder_and_pairs():
     """Rows of one GAN share its run folder; rows with other synthesis settings or GANs get their own pairs."""
-    from scripts.cli.compare import GANS, REFINED, ROWS, SYNTHESIS
+    from scripts.cli.compare import GANS, REFINED, ROWS, SEGMENTER, SYNTHESIS
 
     pairs = {}
     for row, (_, _, ablation, points) in ROWS.items():
@@ -437,5 +437,7 @@ def test_every_synthetic_row_has_its_gan_folder_and_pairs():
     for row, (teacher, settings) in REFINED.items():
         assert ROWS[row][1] == "refined" and teacher in ROWS
         assert all(key in refine and value in accepted[key] for key, value in settings.items()), row
+    train_cpu = json.loads((REPO / "bundle" / "configs" / "train_cpu.json").read_text())
+    assert all(set(settings) <= set(train_cpu) for settings in SEGMENTER.values()) and set(SEGMENTER) <= set(ROWS)
     assert REFINED["c_refined_bg"] == ("c_real", {"refine_outlines": "haematoxylin", "refine_pointless": "background"})
     assert REFINED["c_matched_refined"][0] == "c_real_matched"
