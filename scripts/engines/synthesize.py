@@ -46,7 +46,14 @@ from scripts.engines.checkpoint import load_network_weights
 from scripts.runtime import bf16_autocast
 from transforms import EncodeMask, LoadPoints, PointsToEllipseMask, RandomPoints, ReinhardColorMatch, lab_statistics
 
-__all__ = ["colour_targets", "load_generator", "random_point_sources", "real_point_sources", "synthesize"]
+__all__ = [
+    "colour_targets",
+    "load_generator",
+    "random_point_sources",
+    "real_point_sources",
+    "render_windows",
+    "synthesize",
+]
 
 COLOUR_MATCH = ("none", "reinhard")
 
@@ -111,6 +118,7 @@ def synthesize(
     settings: dict | None = None,
     progress: bool = True,
     colour_targets: Sequence[str | Path] | None = None,
+    render_window: int = 0,
 ) -> Path:
     """Render the synthetic dataset of ``sources`` into ``output_dir``; returns its ``datalist.json``.
 
@@ -128,7 +136,11 @@ def synthesize(
         progress: show a progress bar.
         colour_targets: real H&E images; when given, every rendered image takes the LAB colour statistics of one of
             them, drawn with the image's own seed (:class:`transforms.ReinhardColorMatch`).
+        render_window: 0 renders each mask in one pass; ``n > 0`` renders it as ``G`` was trained, in ``n`` px
+            windows (overlap 0.5, Gaussian blending: :func:`render_windows`) of one noise draw over the whole mask.
     """
+    if render_window < 0:
+        raise ValueError(f"render_window must be 0 (whole mask) or a window size in pixels, got {render_window}.")
     if masks_per_source < 1 or draws_per_mask < 1:
         raise ValueError(f"masks_per_source and draws_per_mask must be >= 1, got {masks_per_source}, {draws_per_mask}.")
     if not sources:
@@ -142,7 +154,9 @@ def synthesize(
         "sampler": {k: v for k, v in sorted((sampler_kwargs or {}).items())},
         **(settings or {}),
     }
-    if colour_targets:  # only then: folders made before the option resume as they were
+    if render_window:  # only then: folders made before the option resume as they were
+        manifest["render_window"] = render_window
+    if colour_targets:
         manifest["colour_match"] = {"method": "reinhard", "targets": [Path(t).stem for t in colour_targets]}
     _check_manifest(out, manifest)
     for folder in (out, out / "images", out / "labels", out / "points"):
@@ -178,7 +192,7 @@ def synthesize(
                 if label is None:
                     label = _mask(sampler, points, size, _seed(seed, 2, i, k), label_path, points_path)
                 colour = colours[_seed(seed, 4, i, k, d) % len(colours)] if colours else None
-                _render(generator, label, _seed(seed, 3, i, k, d), image_path, device, amp, colour)
+                _render(generator, label, _seed(seed, 3, i, k, d), image_path, device, amp, colour, render_window)
                 bar.update()
     bar.close()
     datalist = out / "datalist.json"
@@ -242,6 +256,22 @@ def _mask(
 
 
 @torch.no_grad()
+def render_windows(
+    generator: torch.nn.Module, mask: torch.Tensor, z: torch.Tensor | None, window: int, overlap: float = 0.5
+) -> torch.Tensor:
+    """``G`` applied as it was trained, on ``window`` px crops of ``mask`` (and of the spatial noise ``z`` drawn for the
+    whole mask), blended with Gaussian weights (MONAI's :class:`~monai.inferers.SlidingWindowInferer`), so that its
+    normalisation statistics are those of training crops rather than of a whole tile."""
+    from monai.inferers import SlidingWindowInferer
+
+    inferer = SlidingWindowInferer(roi_size=window, sw_batch_size=4, overlap=overlap, mode="gaussian", progress=False)
+    channels = mask.shape[1]
+    if z is None or z.ndim == 2:  # no noise, or one vector per image: the same for every window
+        return inferer(mask, lambda m: generator(m, None if z is None else z.expand(m.shape[0], -1)))
+    return inferer(torch.cat([mask, z.to(mask.dtype)], 1), lambda x: generator(x[:, :channels], x[:, channels:]))
+
+
+@torch.no_grad()
 def _render(
     generator: torch.nn.Module,
     label: np.ndarray,
@@ -250,9 +280,10 @@ def _render(
     device: torch.device,
     amp: bool,
     colour: tuple[np.ndarray, np.ndarray] | None = None,
+    window: int = 0,
 ) -> None:
-    """``G`` on the whole mask (zero-padded to the generator's size factor), given the LAB ``colour`` statistics
-    (mean, std) if any, written as an RGB PNG."""
+    """``G`` on the whole mask (zero-padded to the generator's size factor; in ``window`` px windows if > 0), given
+    the LAB ``colour`` statistics (mean, std) if any, written as an RGB PNG."""
     h, w = label.shape
     mask = EncodeMask()(label[None])[None]
     factor = int(getattr(generator, "factor", 1))
@@ -263,7 +294,7 @@ def _render(
         z = generator.sample_noise(1, ph, pw, device=torch.device("cpu"))
     z = z.to(device) if z is not None else None
     with bf16_autocast(device, amp):
-        image = generator(mask, z).float()[0, :, :h, :w]
+        image = (render_windows(generator, mask, z, window) if window else generator(mask, z)).float()[0, :, :h, :w]
     pixels = signed_to_uint8(image)
     if colour is not None:
         pixels = ReinhardColorMatch(*colour)(pixels.transpose(2, 0, 1)).transpose(1, 2, 0)

@@ -26,7 +26,13 @@ from networks import MaskToImageGenerator
 from scripts.cli.synthesis_report import synthesis_colours
 from scripts.data.images import read_image
 from scripts.data.tiles import tile_datalist
-from scripts.engines.synthesize import load_generator, random_point_sources, real_point_sources, synthesize
+from scripts.engines.synthesize import (
+    load_generator,
+    random_point_sources,
+    real_point_sources,
+    render_windows,
+    synthesize,
+)
 from scripts.runtime.settings import clear_error
 from tests.helpers import REPO, SAMPLE, parse_configs
 from transforms import lab_statistics
@@ -101,6 +107,41 @@ def test_noise_free_generator_and_empty_point_set(tmp_path):
     image = np.asarray(Image.open(tmp_path / "syn" / "images" / "empty_m0_z0.png"))
     assert label.shape == (100, 90) and label.max() == 0 and image.shape == (100, 90, 3)  # unpadded to the tile
     assert (tmp_path / "syn" / "points" / "empty_m0.csv").read_text() == "y,x\n"
+
+
+@pytest.mark.parametrize("noise", ["spatial", "mixed", "vector", "none"])
+def test_render_windows_applies_the_generator_as_trained(noise):
+    """One window is the generator itself; on a larger mask each window sees its own crop of one noise draw."""
+    generator = _generator(noise).eval()
+    mask = (torch.rand(1, 3, 64, 64) > 0.5).float()
+    z = generator.sample_noise(1, 64, 64)
+    with torch.no_grad():
+        whole = generator(mask, z)
+        torch.testing.assert_close(render_windows(generator, mask, z, 64), whole)
+        big = torch.cat([mask, mask.flip(-1)], -1)
+        noise = generator.sample_noise(1, 64, 128)
+        windows = render_windows(generator, big, noise, 64)
+        left = generator(big[..., :64], noise if noise is None or noise.ndim == 2 else noise[..., :64])
+    assert windows.shape == (1, 3, 64, 128) and torch.isfinite(windows).all()
+    assert not torch.allclose(windows, generator(big, noise))  # not one pass over the whole mask
+    # the first columns are covered by the first window alone
+    torch.testing.assert_close(windows[..., :16], left[..., :16])
+
+
+def test_synthesize_renders_in_windows_when_asked(tmp_path):
+    sources = _sources(tmp_path)[:1]
+    synthesize(_generator(), sources, tmp_path / "whole", 1, 1, seed=1, progress=False)
+    synthesize(_generator(), sources, tmp_path / "windows", 1, 1, seed=1, progress=False, render_window=64)
+    manifest = json.loads((tmp_path / "windows" / "manifest.json").read_text())
+    assert manifest["render_window"] == 64 and "render_window" not in json.loads(
+        (tmp_path / "whole" / "manifest.json").read_text()
+    )
+    whole, windows = (_files(tmp_path / k) for k in ("whole", "windows"))
+    label = next(k for k in whole if k.startswith("labels/"))
+    image = next(k for k in whole if k.startswith("images/"))
+    assert whole[label] == windows[label] and whole[image] != windows[image]  # same mask, another rendering
+    with pytest.raises(ValueError, match="render_window must be 0"):
+        synthesize(_generator(), sources, tmp_path / "bad", 1, 1, progress=False, render_window=-1)
 
 
 def test_random_point_sources_follow_the_prior():
