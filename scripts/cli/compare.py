@@ -51,6 +51,12 @@ ROWS = {
         "ablation_c_full.json",
         "real",
     ),
+    "c_real_windowed": (
+        "(c) ours, real points, rendered as trained (128 px windows)",
+        "synthetic",
+        "ablation_c_full.json",
+        "real",
+    ),
     "c_real_pseudo": (
         "(c) ours, real points, + pseudo masks on the real images",
         "synthetic+pseudo",
@@ -78,6 +84,12 @@ ROWS = {
         None,
         None,
     ),
+    "c_refined2_bg": (
+        "(c) ours, refined twice, point-less nuclei taught as background (teacher: c_refined_bg)",
+        "refined",
+        None,
+        None,
+    ),
     "pseudo_refined_bg": (
         "pseudo masks, refined with haematoxylin outlines, point-less nuclei taught as background (teacher: pseudo)",
         "refined",
@@ -90,7 +102,7 @@ ROWS = {
 GANS = {"ablation_a_cyclegan.json": "a", "ablation_c_full.json": "c", "ablation_c_mixed.json": "c_mixed"}
 
 #: row -> ``synthesize.json`` settings of its synthetic pairs (the rows without one share their pairs)
-SYNTHESIS = {"c_real_matched": {"colour_match": "reinhard"}}
+SYNTHESIS = {"c_real_matched": {"colour_match": "reinhard"}, "c_real_windowed": {"render_window": 128}}
 
 #: row -> segmenter settings (``train_cpu.json``) of its own
 SEGMENTER = {"pseudo_band2": {"pseudo_outline_ignore": 2}}
@@ -106,6 +118,7 @@ REFINED = {
     "pseudo_refined_bg": ("pseudo", _BACKGROUND),
     "c_refined": ("c_real", _HAEMATOXYLIN),
     "c_refined_bg": ("c_real", _BACKGROUND),
+    "c_refined2_bg": ("c_refined_bg", _BACKGROUND),
     "c_matched_refined": ("c_real_matched", _HAEMATOXYLIN),
 }
 
@@ -148,7 +161,9 @@ def compare(
             ``c_refined_bg`` and ``pseudo_refined_bg`` are ``c_refined`` and ``pseudo_refined_h`` with
             ``refine_pointless: background`` (a teacher's nucleus holding no point is taught as background unless it
             touches a labelled nucleus: every MoNuSeg nucleus carries a point); ``pseudo_band2`` is ``pseudo`` with
-            ``pseudo_outline_ignore: 2`` (the loss skips 2 px on each side of every pseudo-mask outline).
+            ``pseudo_outline_ignore: 2`` (the loss skips 2 px on each side of every pseudo-mask outline);
+            ``c_refined2_bg`` is a second round (teacher: ``c_refined_bg``); ``c_real_windowed`` renders the pairs
+            as ``G`` was trained (``synthesize.json``'s ``render_window: 128``, the ``cpu`` GAN's crop size).
         seeds: comma-separated seeds (e.g. ``0,1``): every stage of every row runs once per seed. A difference between
             rows smaller than the seed spread is not a result.
         gan_a, gan_c: finished GAN run folders to use as they are (for every seed); by default

@@ -137,7 +137,7 @@ def synthesize(
         colour_targets: real H&E images; when given, every rendered image takes the LAB colour statistics of one of
             them, drawn with the image's own seed (:class:`transforms.ReinhardColorMatch`).
         render_window: 0 renders each mask in one pass; ``n > 0`` renders it as ``G`` was trained, in ``n`` px
-            windows (overlap 0.5, Gaussian blending: :func:`render_windows`) of one noise draw over the whole mask.
+            windows (overlap 0.25, Gaussian blending: :func:`render_windows`) of one noise draw over the whole mask.
     """
     if render_window < 0:
         raise ValueError(f"render_window must be 0 (whole mask) or a window size in pixels, got {render_window}.")
@@ -257,7 +257,7 @@ def _mask(
 
 @torch.no_grad()
 def render_windows(
-    generator: torch.nn.Module, mask: torch.Tensor, z: torch.Tensor | None, window: int, overlap: float = 0.5
+    generator: torch.nn.Module, mask: torch.Tensor, z: torch.Tensor | None, window: int, overlap: float = 0.25
 ) -> torch.Tensor:
     """``G`` applied as it was trained, on ``window`` px crops of ``mask`` (and of the spatial noise ``z`` drawn for the
     whole mask), blended with Gaussian weights (MONAI's :class:`~monai.inferers.SlidingWindowInferer`), so that its
