@@ -29,12 +29,13 @@ import numpy as np
 import torch
 from monai.config import KeysCollection, NdarrayOrTensor
 from monai.data import MetaTensor
-from monai.transforms import MapTransform, Randomizable, Transform
+from monai.transforms import Randomizable, Transform
 from monai.utils import convert_data_type
 from scipy.spatial import cKDTree
 from scipy.special import betaincinv
 
 from transforms.points_io import points_inside
+from transforms.sampling import SamplerMapTransform, check_spatial_size
 
 __all__ = ["EllipseSample", "PointsToEllipseMask", "PointsToEllipseMaskd"]
 
@@ -139,7 +140,7 @@ class PointsToEllipseMask(Randomizable, Transform):
             raise ValueError(f"max_axis_ratio must be >= 1, got {max_axis_ratio}.")
         if not 0 <= max_overlap <= 1 or not 0 < retry_shrink <= 1 or max_retries < 0:
             raise ValueError("need 0 <= max_overlap <= 1, 0 < retry_shrink <= 1 and max_retries >= 0.")
-        self.spatial_size = None if spatial_size is None else _check_size(spatial_size)
+        self.spatial_size = None if spatial_size is None else check_spatial_size(spatial_size)
         self.prior = prior
         self.area_range = (float(area_range[0]), float(area_range[1]))
         self.reach = float(reach)
@@ -171,7 +172,7 @@ class PointsToEllipseMask(Randomizable, Transform):
 
     def sample(self, points: NdarrayOrTensor, spatial_size: Sequence[int] | None = None) -> EllipseSample:
         """Sample the ellipses of ``points`` and rasterise them; see :class:`EllipseSample`."""
-        size = _check_size(spatial_size) if spatial_size is not None else self.spatial_size
+        size = check_spatial_size(spatial_size) if spatial_size is not None else self.spatial_size
         if size is None:
             raise ValueError("PointsToEllipseMask needs spatial_size (H, W), at construction or call time.")
         points = _check_points(points, size)
@@ -393,7 +394,7 @@ def _candidate_pairs(points: np.ndarray, kept: np.ndarray, extent: np.ndarray) -
     return first[close], second[close]
 
 
-class PointsToEllipseMaskd(Randomizable, MapTransform):
+class PointsToEllipseMaskd(SamplerMapTransform):
     """Dictionary version of :class:`PointsToEllipseMask`.
 
     Args:
@@ -422,31 +423,12 @@ class PointsToEllipseMaskd(Randomizable, MapTransform):
         self.label_key = label_key
         self.ref_key = ref_key
 
-    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None):
-        super().set_random_state(seed, state)
-        self.sampler.set_random_state(seed, state if state is not None else self.R)
-        return self
-
-    def randomize(self, data=None) -> None:
-        pass
-
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
         d = dict(data)
         for key in self.key_iterator(d):
-            size = None
-            if self.sampler.spatial_size is None:
-                if self.ref_key not in d:
-                    raise KeyError(f"PointsToEllipseMaskd: reference key '{self.ref_key}' not in the data.")
-                size = tuple(d[self.ref_key].shape[1:])
+            size = self.reference_size(d)
             d[self.label_key] = self.sampler(d[key], size)
         return d
-
-
-def _check_size(spatial_size: Sequence[int]) -> tuple[int, int]:
-    size = tuple(int(s) for s in spatial_size)
-    if len(size) != 2 or min(size) < 1:
-        raise ValueError(f"spatial_size must be a positive (H, W), got {tuple(spatial_size)}.")
-    return size  # type: ignore[return-value]
 
 
 def _check_points(points: NdarrayOrTensor, size: tuple[int, int]) -> np.ndarray:

@@ -42,9 +42,11 @@ import numpy as np
 import torch
 from monai.config import KeysCollection, NdarrayOrTensor
 from monai.data import MetaTensor
-from monai.transforms import MapTransform, Randomizable, Transform
+from monai.transforms import Randomizable, Transform
 from scipy.ndimage import gaussian_filter, gaussian_filter1d
 from scipy.spatial import cKDTree
+
+from transforms.sampling import SamplerMapTransform, check_spatial_size
 
 __all__ = ["PointSample", "RandomPoints", "RandomPointsd", "load_point_prior", "PRIOR_KEYS"]
 
@@ -156,7 +158,7 @@ class RandomPoints(Randomizable, Transform):
             raise ValueError(f"mpp must be positive, got {mpp}.")
         if max_candidates < 1:
             raise ValueError(f"max_candidates must be >= 1, got {max_candidates}.")
-        self.spatial_size = None if spatial_size is None else _check_size(spatial_size)
+        self.spatial_size = None if spatial_size is None else check_spatial_size(spatial_size)
         self.scale = 1.0 if mpp is None else self.prior["mpp"] / float(mpp)  # output px per prior px
         self.max_candidates = int(max_candidates)
         self._log_density = np.log(np.asarray(self.prior["density"]["values"], dtype=np.float64))
@@ -196,7 +198,7 @@ class RandomPoints(Randomizable, Transform):
         return PointSample(points, radii, self._density, self._requested)
 
     def _size(self, spatial_size: Sequence[int] | None) -> tuple[int, int]:
-        size = _check_size(spatial_size) if spatial_size is not None else self.spatial_size
+        size = check_spatial_size(spatial_size) if spatial_size is not None else self.spatial_size
         if size is None:
             raise ValueError("RandomPoints needs spatial_size (H, W), at construction or call time.")
         return size
@@ -273,7 +275,7 @@ def _sequential(cand: np.ndarray, r: np.ndarray) -> np.ndarray:
     return keep
 
 
-class RandomPointsd(Randomizable, MapTransform):
+class RandomPointsd(SamplerMapTransform):
     """Dictionary version of :class:`RandomPoints`: writes a fresh point set into every key of ``keys``.
 
     Args:
@@ -298,28 +300,9 @@ class RandomPointsd(Randomizable, MapTransform):
         self.sampler = RandomPoints(prior, spatial_size=spatial_size, **kwargs)
         self.ref_key = ref_key
 
-    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None):
-        super().set_random_state(seed, state)
-        self.sampler.set_random_state(seed, state if state is not None else self.R)
-        return self
-
-    def randomize(self, data=None) -> None:
-        pass
-
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
         d = dict(data)
-        size = None
-        if self.sampler.spatial_size is None:
-            if self.ref_key not in d:
-                raise KeyError(f"RandomPointsd: reference key '{self.ref_key}' not in the data.")
-            size = tuple(d[self.ref_key].shape[1:])
+        size = self.reference_size(d)
         for key in self.keys:
             d[key] = self.sampler(size)
         return d
-
-
-def _check_size(spatial_size: Sequence[int]) -> tuple[int, int]:
-    size = tuple(int(s) for s in spatial_size)
-    if len(size) != 2 or min(size) < 1:
-        raise ValueError(f"spatial_size must be a positive (H, W), got {tuple(spatial_size)}.")
-    return size  # type: ignore[return-value]
