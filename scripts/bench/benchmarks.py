@@ -159,7 +159,8 @@ class Bench:
 
         Modes, each timed over ``steps`` iterations (data loading included) in one process: ``eager_baseline``
         (tiles decoded from PNG at every draw, fp32), ``cached`` (decoded tiles cached by ``CacheDataset``, fp32),
-        ``cached_bf16_channels_last`` (plus bfloat16 autocast and channels-last), ``cached_compiled`` (fp32 with
+        ``cached_bf16`` (plus bfloat16 autocast), ``cached_bf16_channels_last`` (and channels-last),
+        ``cached_compiled`` (fp32 with
         ``compile: true``: the iteration's forward passes through ``torch.compile``, compiled in the warm-up).
         ``profile`` names the mode the ``cpu`` profile picks on this machine (bf16 + channels-last where
         :func:`scripts.runtime.fast_bf16` says so, i.e. on CPUs with AMX) and ``profile_vs_eager_baseline`` its
@@ -186,6 +187,7 @@ class Bench:
         modes = {
             "eager_baseline": (trainer, plain, False, False),
             "cached": (trainer, cached, False, False),
+            "cached_bf16": (trainer, cached, True, False),
             "cached_bf16_channels_last": (trainer, cached, True, True),
             "cached_compiled": (compiled, cached, False, False),
         }
