@@ -160,12 +160,11 @@ class Bench:
         Modes, each timed over ``steps`` iterations (data loading included) in one process: ``eager_baseline``
         (tiles decoded from PNG at every draw, fp32), ``cached`` (decoded tiles cached by ``CacheDataset``, fp32),
         ``cached_bf16`` (plus bfloat16 autocast), ``cached_bf16_channels_last`` (and channels-last),
-        ``cached_compiled`` (fp32 with
-        ``compile: true``: the iteration's forward passes through ``torch.compile``, compiled in the warm-up).
-        ``profile`` names the mode the ``cpu`` profile picks on this machine (bf16 + channels-last where
-        :func:`scripts.runtime.fast_bf16` says so, i.e. on CPUs with AMX) and ``profile_vs_eager_baseline`` its
-        speed-up. The allocator setting only acts at process start, so the command also runs itself in a child
-        process started with it and reports that run too (``with_fast_allocator``).
+        ``cached_compiled`` (fp32 with ``compile: true``: the iteration's forward passes through ``torch.compile``,
+        compiled in the warm-up). ``profile`` names the mode the ``cpu`` profile picks on this machine (bf16 +
+        channels-last where :func:`scripts.runtime.native_bf16` says so, i.e. on CPUs with AMX or AVX512-BF16) and
+        ``profile_vs_eager_baseline`` its speed-up. The allocator setting only acts at process start, so the command
+        also runs itself in a child process started with it and reports that run too (``with_fast_allocator``).
         """
         import os
 

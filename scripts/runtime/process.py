@@ -57,8 +57,9 @@ def fast_bf16(device: str | torch.device) -> bool:
     """Whether bfloat16 autocast speeds up training on ``device``: a CUDA device with bf16 support, or a CPU with
     AMX tiles (Intel Sapphire Rapids and later), where oneDNN runs bf16 convolutions on the matrix units.
 
-    Without AMX (AVX512-BF16 alone) the small convolutions of the CPU profiles get *slower* in bf16
-    (``bundle/docs/synthesis.md``), so the answer there is ``False``.
+    Without AMX (AVX512-BF16 alone) the answer is ``False``: there the gain depends on the network's width (the tiny
+    and paper-scale profiles keep this rule; the ``cpu`` profiles use :func:`native_bf16`, measured by ``bench
+    synthesis`` / ``bench segmentation``, ``bundle/docs/synthesis.md``).
     """
     device = torch.device(device)
     if device.type == "cuda":
@@ -71,8 +72,8 @@ def fast_bf16(device: str | torch.device) -> bool:
 def native_bf16(device: str | torch.device) -> bool:
     """Whether ``device`` computes bfloat16 in hardware: a CUDA device with bf16 support, or a CPU with AMX tiles or
     AVX512-BF16 instructions (e.g. AMD Zen 4). Wider networks (the ``cpu`` segmenter, 32 channels at full
-    resolution) train ~1.45x faster in bf16 on AVX512-BF16 alone (``bench segmentation``), where the small GAN
-    networks do not gain (:func:`fast_bf16`)."""
+    resolution) train ~1.45x faster in bf16 on AVX512-BF16 alone (``bench segmentation``), and so does the ``cpu``
+    GAN profile (1.39x with channels-last, ``bench synthesis``, AMD Zen 4, 2026-12-02)."""
     device = torch.device(device)
     if device.type == "cpu":
         return fast_bf16(device) or bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
