@@ -90,6 +90,12 @@ ROWS = {
         None,
         None,
     ),
+    "pseudo_refined2_bg": (
+        "pseudo masks, refined twice, point-less nuclei taught as background (teacher: pseudo_refined_h)",
+        "refined",
+        None,
+        None,
+    ),
     "pseudo_refined_bg": (
         "pseudo masks, refined with haematoxylin outlines, point-less nuclei taught as background (teacher: pseudo)",
         "refined",
@@ -116,6 +122,7 @@ REFINED = {
     "pseudo_refined2": ("pseudo_refined", {"refine_outlines": "teacher"}),
     "pseudo_refined_h": ("pseudo", _HAEMATOXYLIN),
     "pseudo_refined_bg": ("pseudo", _BACKGROUND),
+    "pseudo_refined2_bg": ("pseudo_refined_h", _BACKGROUND),
     "c_refined": ("c_real", _HAEMATOXYLIN),
     "c_refined_bg": ("c_real", _BACKGROUND),
     "c_refined2_bg": ("c_refined_bg", _BACKGROUND),
@@ -162,7 +169,8 @@ def compare(
             ``refine_pointless: background`` (a teacher's nucleus holding no point is taught as background unless it
             touches a labelled nucleus: every MoNuSeg nucleus carries a point); ``pseudo_band2`` is ``pseudo`` with
             ``pseudo_outline_ignore: 2`` (the loss skips 2 px on each side of every pseudo-mask outline);
-            ``c_refined2_bg`` is a second round (teacher: ``c_refined_bg``); ``c_real_windowed`` renders the pairs
+            ``c_refined2_bg`` and ``pseudo_refined2_bg`` are second rounds (teachers: ``c_refined_bg``,
+            ``pseudo_refined_h``); ``c_real_windowed`` renders the pairs
             as ``G`` was trained (``synthesize.json``'s ``render_window: 128``, the ``cpu`` GAN's crop size).
         seeds: comma-separated seeds (e.g. ``0,1``): every stage of every row runs once per seed. A difference between
             rows smaller than the seed spread is not a result.
