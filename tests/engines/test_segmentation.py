@@ -421,6 +421,8 @@ def test_evaluating_from_the_command_line(tmp_path):
 def test_every_synthetic_row_has_its_gan_folder_and_pairs():
     """Rows of one GAN share its run folder; rows with other synthesis settings or GANs get their own pairs."""
     from scripts.cli.compare import GANS, REFINED, ROWS, SEGMENTER, SYNTHESIS
+    from scripts.engines.refine import OUTLINES
+    from transforms.point_labels import POINTLESS
 
     pairs = {}
     for row, (_, _, ablation, points) in ROWS.items():
@@ -433,7 +435,7 @@ def test_every_synthetic_row_has_its_gan_folder_and_pairs():
     assert len(set(GANS.values())) == len(GANS)
     # every refined row names a row as its teacher, and settings refine.json has, with values it accepts
     refine = json.loads((REPO / "bundle" / "configs" / "refine.json").read_text())
-    accepted = {"refine_outlines": ("teacher", "haematoxylin"), "refine_pointless": ("ignore", "background")}
+    accepted = {"refine_outlines": OUTLINES, "refine_pointless": POINTLESS}
     for row, (teacher, settings) in REFINED.items():
         assert ROWS[row][1] == "refined" and teacher in ROWS
         assert all(key in refine and value in accepted[key] for key, value in settings.items()), row
