@@ -366,6 +366,7 @@ class Bench:
         networks: str | Sequence[str] = ("cpu", "hovernet"),
         reference: bool = True,
         model_path: str | None = None,
+        features: str | Sequence[int] | None = None,
         hovernet_path: str | None = None,
         amp: bool | None = None,
         threads: int = 2,
@@ -392,7 +393,9 @@ class Bench:
         temporary folder and runs ``inference.json`` on each in a child process, reporting its time and peak RSS
         (``--fast_allocator False`` runs the children without the glibc setting of ``scripts.runtime``, which never
         returns freed memory). ``--slide PATH``: the same child-process run on your slide. ``amp``: bfloat16
-        autocast (default: where the CPU computes bf16 natively, as ``inference.json``).
+        autocast (default: where the CPU computes bf16 natively, as ``inference.json``). ``features``: the six
+        ``HoVerUNet`` widths of ``model_path`` (default ``inference.json``'s, 32,32,64,128,256,32), e.g.
+        ``16,32,64,128,256,16`` for the narrow network of ``compare``'s ``pseudo_narrow`` row.
         """
         import shutil
         import tempfile
@@ -403,11 +406,12 @@ class Bench:
         amp = native_bf16("cpu") if amp is None else as_bool(amp, "amp")
         networks = [networks] if isinstance(networks, str) and "," not in networks else networks
         networks = networks.split(",") if isinstance(networks, str) else list(networks)
+        features = unet_features(features)
         work = Path(tempfile.mkdtemp(prefix="bench_inference_"))
-        result: dict = {"machine": _machine()}
+        result: dict = {"machine": _machine(), "features": list(features) if features else "inference.json"}
         try:
             if rss or slide:
-                model, result["weights"] = slide_model(model_path, work)
+                model, result["weights"] = slide_model(model_path, work, features)
                 if slide:
                     targets = [(Path(slide), None)]
                 else:
@@ -420,6 +424,7 @@ class Bench:
                         path = make_slide(work / f"slide_{side}.tif", side, sources, fill=fill)
                         targets.append((path, round(time.perf_counter() - start, 1)))
                 arguments = ["--num_threads", str(threads), "--amp", str(amp), "--fast_allocator", str(fast_allocator)]
+                arguments += ["--network_def#network#features", json.dumps(list(features))] if features else []
                 runs = [
                     slide_run(path, model, work, arguments, make_s, name=str(path) if slide else None)
                     for path, make_s in targets
@@ -428,7 +433,9 @@ class Bench:
                 if len(runs) > 1:
                     result["rss_ratio_largest_vs_smallest"] = round(runs[-1]["peak_rss_mb"] / runs[0]["peak_rss_mb"], 3)
             else:
-                result |= self._inference_speed(tile, size, networks, reference, model_path, hovernet_path, amp, work)
+                result |= self._inference_speed(
+                    tile, size, networks, reference, model_path, features, hovernet_path, amp, work
+                )
         finally:
             shutil.rmtree(work, ignore_errors=True)
         print(json.dumps(result, indent=2))
@@ -454,7 +461,7 @@ class Bench:
         reduced = None if reduced is None else as_bool(reduced, "reduced")
         _report(gpu_benchmark(steps, slide_size, fill, workers, model_path, data, reduced), output)
 
-    def _inference_speed(self, tile, size, networks, reference, model_path, hovernet_path, amp, work) -> dict:
+    def _inference_speed(self, tile, size, networks, reference, model_path, features, hovernet_path, amp, work) -> dict:
         from monai.apps.pathology.inferers import SlidingWindowHoVerNetInferer
         from PIL import Image
 
@@ -492,7 +499,7 @@ class Bench:
 
         for name in networks:
             if name == "cpu":
-                network, weights = _cpu_segmenter(model_path)
+                network, weights = _cpu_segmenter(model_path, features=features)
                 windows: dict = {}
             elif name == "hovernet":
                 network, weights = _hovernet(True, hovernet_path)
@@ -596,11 +603,12 @@ def _monai_pipeline(
     }
 
 
-def slide_model(model_path: str | None, work: Path) -> tuple[str | None, str]:
-    """The weights a slide run uses (``None``: the shipped model) and their description; seeded random weights saved
-    in ``work`` when no model is given and none is shipped."""
-    if model_path is None and not (REPO / "bundle" / "models" / "model.pt").is_file():
-        network, weights = _cpu_segmenter(None)
+def slide_model(model_path: str | None, work: Path, features: Sequence[int] | None = None) -> tuple[str | None, str]:
+    """The weights a slide run uses (``None``: the shipped model) and their description; seeded random weights
+    (``HoVerUNet`` with ``features``) saved in ``work`` when no model is given and none is shipped, or when
+    ``features`` differ from the shipped network's."""
+    if model_path is None and (features or not (REPO / "bundle" / "models" / "model.pt").is_file()):
+        network, weights = _cpu_segmenter(None, features=features)
         torch.save(network.state_dict(), work / "model.pt")
         return str(work / "model.pt"), weights
     return model_path, model_path or str(REPO / "bundle" / "models" / "model.pt")
@@ -676,16 +684,34 @@ def _roofline(amp: bool, repeats: int = 5) -> dict:
     }
 
 
-def _cpu_segmenter(model_path: str | Path | None, seed: int = 0) -> tuple[torch.nn.Module, str]:
-    """The ``cpu`` profile's segmenter with ``model_path``'s weights (default ``bundle/models/model.pt`` if present),
-    else seeded random weights."""
+def unet_features(features: str | Sequence[int] | None) -> tuple[int, ...] | None:
+    """``features`` (``"16,32,64,128,256,16"``, a JSON list or a sequence) as six positive ints, ``None`` for the
+    default; one clear ``ValueError`` otherwise."""
+    if features is None:
+        return None
+    try:
+        values = json.loads(f"[{features.strip('[]()')}]") if isinstance(features, str) else list(features)
+        values = tuple(int(v) for v in values)
+    except (TypeError, ValueError):
+        values = ()
+    if len(values) != 6 or min(values) < 1:
+        raise ValueError(f"features: six positive ints (HoVerUNet widths, e.g. 16,32,64,128,256,16), got {features!r}.")
+    return values
+
+
+def _cpu_segmenter(
+    model_path: str | Path | None, seed: int = 0, features: Sequence[int] | None = None
+) -> tuple[torch.nn.Module, str]:
+    """The ``cpu`` profile's segmenter (``HoVerUNet`` with ``features``, default MONAI's) with ``model_path``'s
+    weights (default ``bundle/models/model.pt`` if present and ``features`` are the default), else seeded random
+    weights."""
     from networks import HoVerUNet
     from scripts.engines.checkpoint import load_network_weights
 
     torch.manual_seed(seed)
-    network = HoVerUNet()
+    network = HoVerUNet(features=features) if features else HoVerUNet()
     path = Path(model_path) if model_path else REPO / "bundle" / "models" / "model.pt"
-    if model_path or path.is_file():
+    if model_path or (path.is_file() and not features):
         return load_network_weights(network, path, what="segmentation model"), str(path)
     return network, "random weights (seed 0): no trained model given"
 

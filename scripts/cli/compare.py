@@ -36,6 +36,7 @@ ROWS = {
     "upper": ("upper bound: real images + dense labels", "dense", None, None),
     "pseudo": ("pseudo masks from the points", "pseudo", None, None),
     "pseudo_band2": ("pseudo masks, a 2 px band along their outlines ignored", "pseudo", None, None),
+    "pseudo_narrow": ("pseudo masks, 16 channels at full resolution (0.6x the network time)", "pseudo", None, None),
     "a_real": ("(a) CycleGAN pairs, real points", "synthetic", "ablation_a_cyclegan.json", "real"),
     "c_real": ("(c) ours, real points", "synthetic", "ablation_c_full.json", "real"),
     "c_random": ("(c) ours, random points", "synthetic", "ablation_c_full.json", "random"),
@@ -111,7 +112,10 @@ GANS = {"ablation_a_cyclegan.json": "a", "ablation_c_full.json": "c", "ablation_
 SYNTHESIS = {"c_real_matched": {"colour_match": "reinhard"}, "c_real_windowed": {"render_window": 128}}
 
 #: row -> segmenter settings (``train_cpu.json``) of its own
-SEGMENTER = {"pseudo_band2": {"pseudo_outline_ignore": 2}}
+SEGMENTER = {
+    "pseudo_band2": {"pseudo_outline_ignore": 2},
+    "pseudo_narrow": {"network_def#features": [16, 32, 64, 128, 256, 16]},
+}
 
 _HAEMATOXYLIN = {"refine_outlines": "haematoxylin"}
 _BACKGROUND = {**_HAEMATOXYLIN, "refine_pointless": "background"}

@@ -18,9 +18,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from scripts.bench import Bench
-from scripts.bench.benchmarks import naive_ellipse_mask
+from scripts.bench.benchmarks import naive_ellipse_mask, unet_features
 from transforms import PointsToEllipseMask, read_points
 
 
@@ -59,6 +60,22 @@ def test_bench_inference_on_tiny_inputs(tmp_path):
     Bench().inference(rss=True, slides="512", threads=1, output=str(memory))
     run = json.loads(memory.read_text())["runs"][0]
     assert run["slide"] == "512x512" and run["peak_rss_mb"] > 100 and run["regions"] >= 1
+
+
+def test_bench_inference_with_a_narrow_network(tmp_path):
+    """``--features`` reaches the tile pipeline (fewer FLOPs per pixel) and the slide run's child process."""
+    speed = tmp_path / "speed.json"
+    Bench().inference(
+        size=256, networks="cpu", reference=False, threads=1, features="16,32,64,128,256,16", output=str(speed)
+    )
+    report = json.loads(speed.read_text())
+    assert report["features"] == [16, 32, 64, 128, 256, 16]
+    assert 80 < report["pipelines"]["ours_cpu"]["kflop_per_pixel"] < 120  # 98 kFLOP/px against ~152
+    memory = tmp_path / "rss.json"
+    Bench().inference(rss=True, slides="512", threads=1, features=[16, 32, 64, 128, 256, 16], output=str(memory))
+    assert json.loads(memory.read_text())["runs"][0]["regions"] >= 1  # the child built the narrow network
+    with pytest.raises(ValueError, match="features: six positive ints"):
+        unet_features("16,32,64")
 
 
 def test_bench_gpu_runs_reduced_on_the_cpu(tmp_path):

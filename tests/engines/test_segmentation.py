@@ -439,7 +439,9 @@ def test_every_synthetic_row_has_its_gan_folder_and_pairs():
     for row, (teacher, settings) in REFINED.items():
         assert ROWS[row][1] == "refined" and teacher in ROWS
         assert all(key in refine and value in accepted[key] for key, value in settings.items()), row
-    train_cpu = json.loads((REPO / "bundle" / "configs" / "train_cpu.json").read_text())
-    assert all(set(settings) <= set(train_cpu) for settings in SEGMENTER.values()) and set(SEGMENTER) <= set(ROWS)
+    # every segmenter setting names an id of train_cpu.json ("a#b": b inside a)
+    train_cpu = ConfigParser(json.loads((REPO / "bundle" / "configs" / "train_cpu.json").read_text()))
+    assert all(key in train_cpu for settings in SEGMENTER.values() for key in settings), SEGMENTER
+    assert set(SEGMENTER) <= set(ROWS)
     assert REFINED["c_refined_bg"] == ("c_real", {"refine_outlines": "haematoxylin", "refine_pointless": "background"})
     assert REFINED["c_matched_refined"][0] == "c_real_matched"
