@@ -68,6 +68,7 @@ def pipeline(
     points: str = "real",
     seed: int = 0,
     refine: bool = True,
+    refine_rounds: int = 1,
 ) -> None:
     """Run the whole method on a data folder and write ``output/summary.png`` and ``output/metrics.md``.
 
@@ -83,11 +84,17 @@ def pipeline(
         refine: run the refine stage (``refine.json``): the segmenter trained on synthetic pairs labels the real
             training tiles under the points' constraints and a student trains on them; the student is the result
             (``refine/model.pt``). ``--refine False`` stops at the segmenter.
+        refine_rounds: refine rounds; each round's student teaches the next one (``refine_round<k>/`` for the
+            rounds before the last, the last in ``refine/``); every round's model is evaluated.
     """
     if profile not in PROFILES:
         raise SystemExit(f"error: profile must be one of {tuple(PROFILES)}, got {profile!r}")
     if points not in ("real", "random"):
         raise SystemExit(f"error: points must be 'real' or 'random', got {points!r}")
+    if isinstance(refine_rounds, bool) or not isinstance(refine_rounds, int) or refine_rounds < 1:
+        raise SystemExit(f"error: refine_rounds must be an integer >= 1, got {refine_rounds!r}")
+    if not refine and refine_rounds != 1:
+        raise SystemExit(f"error: refine_rounds {refine_rounds} needs the refine stage (--refine True)")
     check(seed=seed)
     data_dir, out = Path(data), Path(output)
     gan_profile, seg_profile, synth, refine_overrides = PROFILES[profile]
@@ -102,7 +109,7 @@ def pipeline(
     gan_dir, synthetic_dir = out / "gan", out / "synthetic"
     seg_dir, model_path = out / "segmentation", out / "segmentation" / "model.pt"
     timings: dict[str, float] = {}
-    total = 5 if refine else 4
+    total = 4 + refine_rounds if refine else 4
 
     def stage(name: str, run_id: str, files: list[Path], **overrides) -> None:
         name = f"{len(timings) + 1}/{total} {name}"
@@ -121,17 +128,23 @@ def pipeline(
     seg = {"output_dir": str(seg_dir), "model_path": str(model_path), "training_data": "synthetic"}
     stage("segmenter", "training", seg_files, synthetic_datalist=str(synthetic_dir / "datalist.json"), **seg)
     evaluations = {"ours (synthetic pairs)": (seg, out / "evaluation_segmenter" if refine else out / "evaluation")}
-    if refine:
-        refined = {"output_dir": str(out / "refine"), "model_path": str(out / "refine" / "model.pt")}
+    teacher = model_path
+    for round_ in range(1, refine_rounds + 1) if refine else ():
+        last = round_ == refine_rounds
+        folder = out / ("refine" if last else f"refine_round{round_}")
+        refined = {"output_dir": str(folder), "model_path": str(folder / "model.pt")}
         stage(
-            "refine",
+            "refine" if refine_rounds == 1 else f"refine (round {round_})",
             "refine",
             [*seg_files, CONFIGS / "refine.json"],
-            teacher_path=str(model_path),
+            teacher_path=str(teacher),
             **refined,
             **refine_overrides,
         )
-        evaluations["ours (synthetic pairs, refined)"] = ({**refined, "training_data": "refined"}, out / "evaluation")
+        row = "ours (synthetic pairs, refined)" + ("" if refine_rounds == 1 else f" round {round_}")
+        eval_dir = out / "evaluation" if last else out / f"evaluation_refine_round{round_}"
+        evaluations[row] = ({**refined, "training_data": "refined"}, eval_dir)
+        teacher = folder / "model.pt"
     labelled = (data_dir / "labels").is_dir()
     if labelled:
         for row, (settings, eval_dir) in evaluations.items():

@@ -330,6 +330,27 @@ def test_main_job_runs_end_to_end_and_resumes(tmp_path):
         pipeline(data=str(tmp_path / "missing"), output=str(out), profile="smoke")
 
 
+def test_main_job_with_two_refine_rounds(tmp_path):
+    """Round 1's student teaches round 2; the last round is the result, every round is evaluated."""
+    import hashlib
+
+    out = tmp_path / "results"
+    pipeline(output=str(out), profile="smoke", refine_rounds=2)
+    summary = json.loads((out / "metrics.json").read_text())
+    assert set(summary["seconds"]) == {
+        "1/6 mask -> image GAN", "2/6 synthesize", "3/6 segmenter", "4/6 refine (round 1)", "5/6 refine (round 2)",
+        "6/6 evaluate ours (synthetic pairs)", "6/6 evaluate ours (synthetic pairs, refined) round 1",
+        "6/6 evaluate ours (synthetic pairs, refined) round 2",
+    }  # fmt: skip
+    first = hashlib.md5((out / "refine_round1" / "model.pt").read_bytes()).hexdigest()
+    assert json.loads((out / "refine" / "refined_labels" / "teacher.json").read_text())["md5"] == first
+    assert summary["validation_mean"] == summary["validation"]["ours (synthetic pairs, refined) round 2"]
+    assert (out / "evaluation_refine_round1" / "metrics.json").is_file()
+    for rounds, refine in ((0, True), (2, False)):
+        with pytest.raises(SystemExit, match="refine_rounds"):
+            pipeline(output=str(out), profile="smoke", refine=refine, refine_rounds=rounds)
+
+
 @pytest.mark.slow
 def test_compare_and_coherence_write_their_tables(tmp_path):
     from scripts.cli.compare import coherence, compare
