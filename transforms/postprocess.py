@@ -25,6 +25,12 @@ extremes of perfect predictions of the shape-prior masks sampled from the 23 MoN
 (:func:`sobel_range_of`; 40x, Sobel kernel 21): no dense label is involved (the real training labels give
 (-0.146, 0.095)). Every post-processing of the project (evaluation, validation, inference, Deploy, MONAI Label) uses
 them, so that a tile is segmented the same way everywhere.
+
+Speed: MONAI computes the argmax of the softmax, the Sobel gradients (21 px kernels) and the Gaussian smoothing of
+the distance map with single-channel ``torch`` convolutions, which take most of the post-processing time on a CPU.
+:class:`HoVerNetInstances` computes the same quantities directly (``logit_1 > logit_0``; MONAI's Sobel and
+Gaussian kernels applied with ``scipy.ndimage.correlate1d``, same padding), about 3x faster over the whole
+post-processing, with instance maps equal to MONAI's on real MoNuSeg crops (tested).
 """
 
 from __future__ import annotations
@@ -39,12 +45,13 @@ from monai.apps.pathology.transforms.post.array import (
     GenerateDistanceMap,
     GenerateInstanceBorder,
     GenerateWatershedMarkers,
-    GenerateWatershedMask,
     Watershed,
 )
 from monai.config import KeysCollection, NdarrayOrTensor
-from monai.transforms import MapTransform, SobelGradients
+from monai.networks.layers.convutils import gaussian_1d
+from monai.transforms import MapTransform, RemoveSmallObjects, SobelGradients
 from monai.utils import HoVerNetBranch, convert_data_type
+from scipy import ndimage
 
 __all__ = [
     "MONUSEG_RANGES",
@@ -79,6 +86,27 @@ def sobel_range_of(instance_maps: list[np.ndarray], sobel_kernel_size: int = 21)
     return float(np.median(lows)), float(np.median(highs))
 
 
+def separable_correlate(image: np.ndarray, kernels: tuple[np.ndarray, np.ndarray], mode: str) -> np.ndarray:
+    """``image`` (H, W) filtered with ``kernels`` (along H, then W) as MONAI's ``separable_filtering`` (a
+    cross-correlation; ``mode`` as ``scipy.ndimage``: ``mirror`` is torch's ``reflect``, ``constant`` its ``zeros``),
+    in float32."""
+    along_h = ndimage.correlate1d(image, kernels[0], axis=0, mode=mode, output=np.float32)
+    return ndimage.correlate1d(along_h, kernels[1], axis=1, mode=mode, output=np.float32)
+
+
+class GaussianSmooth2d:
+    """MONAI's ``GaussianSmooth`` (``erf`` kernel truncated at 4 sigma, zero padding) of a ``(1, H, W)`` or
+    ``(H, W)`` array, with ``scipy.ndimage`` (the distance map's smoothing of :class:`HoVerNetInstances`)."""
+
+    def __init__(self, sigma: float = 1.0) -> None:
+        kernel = gaussian_1d(torch.tensor(float(sigma)), truncated=4.0, approx="erf").numpy().astype(np.float32)
+        self.kernels = (kernel, kernel)
+
+    def __call__(self, image: NdarrayOrTensor) -> np.ndarray:
+        image = convert_data_type(image, np.ndarray, dtype=np.float32)[0]
+        return separable_correlate(image.reshape(image.shape[-2:]), self.kernels, "constant").reshape(image.shape)
+
+
 class HoVerNetInstances:
     """Nucleus-prediction logits (2, H, W) + HoVer maps (2, H, W) -> int32 instance map (1, H, W).
 
@@ -86,7 +114,8 @@ class HoVerNetInstances:
         sobel_kernel_size: Sobel kernel of the HV-gradient border (HoVerNet: 21 for 40x tiles).
         marker_threshold: border-strength threshold of the markers (HoVerNet: 0.4).
         min_object_size: smallest nucleus and marker kept, in pixels (HoVerNet: 10).
-        mask_threshold: foreground probability threshold; ``None``: argmax of the softmax (HoVerNet).
+        mask_threshold: foreground probability threshold (of the softmax); ``None``: its argmax (HoVerNet), i.e.
+            0.5 with ties to the background.
         marker_radius: opening radius applied to the markers.
         hv_range: fixed (min, max) of the HoVer maps; ``None``: each input's own (MONAI).
         sobel_range: fixed (min, max) of the Sobel gradients of the normalised HoVer maps; ``None``: each input's own.
@@ -109,14 +138,17 @@ class HoVerNetInstances:
                 raise ValueError(f"{name} must be (min, max) with min < max, got {r}.")
         self.hv_range = None if hv_range is None else (float(hv_range[0]), float(hv_range[1]))
         self.sobel_range = None if sobel_range is None else (float(sobel_range[0]), float(sobel_range[1]))
-        self.mask = GenerateWatershedMask(
-            activation="softmax", threshold=mask_threshold, min_object_size=min_object_size
-        )
+        if mask_threshold is not None and not 0.0 < float(mask_threshold) < 1.0:
+            raise ValueError(f"mask_threshold must be in (0, 1) or None, got {mask_threshold}.")
+        # softmax(logits)[1] > t  <=>  logit_1 - logit_0 > log(t / (1 - t))
+        self.logit_margin = 0.0 if mask_threshold is None else float(np.log(mask_threshold / (1.0 - mask_threshold)))
+        self.remove_small_objects = RemoveSmallObjects(min_size=min_object_size) if min_object_size > 0 else None
         self.border = GenerateInstanceBorder(kernel_size=sobel_kernel_size)
-        # the one gradient of each HoVer map the fixed-range border uses (MONAI's kernels, half the work)
-        self.sobel_x = SobelGradients(kernel_size=sobel_kernel_size, spatial_axes=1)
-        self.sobel_y = SobelGradients(kernel_size=sobel_kernel_size, spatial_axes=0)
-        self.distance = GenerateDistanceMap()
+        # the one gradient of each HoVer map the fixed-range border uses: MONAI's Sobel kernels, smoothing across
+        sobel = SobelGradients(kernel_size=sobel_kernel_size)
+        diff, smooth = (k.numpy().astype(np.float32) for k in (sobel.kernel_diff, sobel.kernel_smooth))
+        self.sobel_x, self.sobel_y = (smooth, diff), (diff, smooth)
+        self.distance = GenerateDistanceMap(smooth_fn=GaussianSmooth2d(sigma=1.0))
         self.markers = GenerateWatershedMarkers(
             threshold=marker_threshold, radius=marker_radius, min_object_size=min_object_size
         )
@@ -132,17 +164,22 @@ class HoVerNetInstances:
         with warnings.catch_warnings():  # scikit-image's remove_small_objects(min_size=...) deprecation, in MONAI
             warnings.simplefilter("ignore", category=FutureWarning)
             warnings.simplefilter("ignore", category=DeprecationWarning)
-            mask = self.mask(np_logits)
+            mask = self.foreground(np_logits)
             border = self.border(mask, hv) if self.hv_range is None else self._fixed_border(mask, hv)
             instances = self.watershed(self.distance(mask, border), mask, self.markers(mask, border))
         return np.asarray(instances, dtype=np.int32)
+
+    def foreground(self, np_logits: np.ndarray) -> np.ndarray:
+        """``GenerateWatershedMask`` (softmax, argmax or ``mask_threshold``, small objects removed): uint8 (1, H, W)."""
+        mask = ((np_logits[1] - np_logits[0]) > self.logit_margin).astype(np.uint8)[None]
+        return mask if self.remove_small_objects is None else np.asarray(self.remove_small_objects(mask))
 
     def _fixed_border(self, mask: np.ndarray, hv: np.ndarray) -> np.ndarray:
         """``GenerateInstanceBorder`` with fixed normalisation ranges (clipped to [0, 1])."""
         (h0, h1), (s0, s1) = self.hv_range, self.sobel_range
         normalised = (hv - h0) / (h1 - h0)
-        sobel_h = np.asarray(self.sobel_x(normalised[0:1]))[0]
-        sobel_v = np.asarray(self.sobel_y(normalised[1:2]))[0]
+        sobel_h = separable_correlate(normalised[0], self.sobel_x, "mirror")
+        sobel_v = separable_correlate(normalised[1], self.sobel_y, "mirror")
         strength = np.maximum(1 - (sobel_h - s0) / (s1 - s0), 1 - (sobel_v - s0) / (s1 - s0))
         return np.clip(strength[None] - (1 - np.asarray(mask)), 0.0, 1.0).astype(np.float32)
 

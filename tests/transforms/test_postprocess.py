@@ -64,3 +64,32 @@ def test_fixed_ranges_come_from_the_points(monuseg):
         masks.append(np.asarray(sampler(read_points(monuseg / "points" / f"{stem}.csv")))[0])
     assert sobel_range_of(masks) == pytest.approx(MONUSEG_RANGES["sobel_range"], abs=1e-4)
     assert MONUSEG_RANGES["hv_range"] == (-1.0, 1.0)
+
+
+def test_fast_filters_equal_monai_on_a_real_crop():
+    """The scipy filters of HoVerNetInstances compute MONAI's Sobel gradients and Gaussian smoothing."""
+    from monai.transforms import GaussianSmooth, SobelGradients
+
+    from transforms.postprocess import GaussianSmooth2d, separable_correlate
+
+    label = load_label(SAMPLE / "labels" / "TCGA-18-5592-01Z-00-DX1_y100_x600.png")
+    _, hv = _noisy_prediction(label, seed=1)
+    normalised = (hv + 1.0) / 2.0
+    ours = HoVerNetInstances(sobel_kernel_size=21)
+    for axis, kernels in ((1, ours.sobel_x), (0, ours.sobel_y)):
+        monai = np.asarray(SobelGradients(kernel_size=21, spatial_axes=axis)(normalised[axis : axis + 1]))[0]
+        assert np.abs(separable_correlate(normalised[axis], kernels, "mirror") - monai).max() < 1e-6
+    smooth = np.asarray(GaussianSmooth(sigma=1.0)(torch.tensor(normalised[:1])))
+    assert smooth.shape == GaussianSmooth2d()(normalised[:1]).shape == (1, *label.shape)
+    assert np.abs(GaussianSmooth2d()(normalised[:1]) - smooth).max() < 1e-6
+
+
+def test_mask_threshold_is_a_probability_of_the_softmax():
+    logits = np.zeros((2, 40, 40), dtype=np.float32)
+    logits[1, 5:15, 5:15] = np.log(0.7 / 0.3)  # probability 0.7
+    logits[1, 20:30, 20:30] = np.log(0.9 / 0.1)  # probability 0.9
+    assert HoVerNetInstances(mask_threshold=0.5).foreground(logits).sum() == 200
+    assert HoVerNetInstances().foreground(logits).sum() == 200  # argmax: ties (probability 0.5) are background
+    assert HoVerNetInstances(mask_threshold=0.8).foreground(logits).sum() == 100
+    with pytest.raises(ValueError, match="mask_threshold must be in"):
+        HoVerNetInstances(mask_threshold=1.5)
