@@ -144,7 +144,8 @@ class HoVerNetInstances:
         self.logit_margin = 0.0 if mask_threshold is None else float(np.log(mask_threshold / (1.0 - mask_threshold)))
         self.remove_small_objects = RemoveSmallObjects(min_size=min_object_size) if min_object_size > 0 else None
         self.border = GenerateInstanceBorder(kernel_size=sobel_kernel_size)
-        # the one gradient of each HoVer map the fixed-range border uses: MONAI's Sobel kernels, smoothing across
+        # the one gradient of each HoVer map the fixed-range border uses: MONAI's Sobel kernels (derivative along
+        # the map's own axis, smoothing across it) as (kernel along H, kernel along W)
         sobel = SobelGradients(kernel_size=sobel_kernel_size)
         diff, smooth = (k.numpy().astype(np.float32) for k in (sobel.kernel_diff, sobel.kernel_smooth))
         self.sobel_x, self.sobel_y = (smooth, diff), (diff, smooth)
