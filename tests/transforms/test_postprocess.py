@@ -22,7 +22,7 @@ from monai.apps.pathology.transforms.post.array import HoVerNetInstanceMapPostPr
 
 from scripts.evaluation.metrics import aji
 from tests.helpers import SAMPLE, load_label
-from transforms import HoVerNetInstances, HVMap
+from transforms import MONUSEG_RANGES, HoVerNetInstances, HVMap
 
 
 def _noisy_prediction(label: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -93,3 +93,33 @@ def test_mask_threshold_is_a_probability_of_the_softmax():
     assert HoVerNetInstances(mask_threshold=0.8).foreground(logits).sum() == 100
     with pytest.raises(ValueError, match="mask_threshold must be in"):
         HoVerNetInstances(mask_threshold=1.5)
+
+
+@pytest.mark.parametrize("name", ["TCGA-18-5592-01Z-00-DX1_y100_x600", "TCGA-HE-7129-01Z-00-DX1_y200_x300"])
+def test_markers_equal_monai(name):
+    """Filled holes, the reflect-padded opening, labels and small-object removal as MONAI's markers, also on a crop
+    whose nuclei touch every edge, and on a ring (a hole to fill) in a corner."""
+    from monai.apps.pathology.transforms.post.array import GenerateWatershedMarkers
+
+    label = load_label(SAMPLE / "labels" / f"{name}.png")
+    logits, hv = _noisy_prediction(label, seed=2)
+    ours = HoVerNetInstances(**MONUSEG_RANGES)
+    monai = GenerateWatershedMarkers(threshold=0.4, radius=2, min_object_size=10)
+    mask = ours.foreground(logits)
+    for crop in (np.s_[:, :], np.s_[7:200, 13:151]):
+        m = np.ascontiguousarray(mask[(slice(None), *crop)])
+        border = ours._fixed_border(m, hv[(slice(None), *crop)])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            reference = np.asarray(monai(m, border))
+        assert reference.max() > 5 and np.array_equal(ours.markers(m, border), reference)
+    ring = np.zeros((1, 40, 40), dtype=np.uint8)
+    ring[0, :15, :15] = 1
+    ring[0, 5:9, 5:9] = 0  # a hole: filled
+    ring[0, 25:38, 25:38] = 1
+    ring[0, 30:33, 30:38] = 0  # open to the right: not a hole
+    none = np.zeros(ring.shape, dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = np.asarray(monai(ring, none))
+    assert np.array_equal(ours.markers(ring, none), reference) and reference[0, 6, 6] > 0
