@@ -49,6 +49,7 @@ def test_bench_inference_on_tiny_inputs(tmp_path):
     speed = tmp_path / "speed.json"
     Bench().inference(size=256, networks="cpu", reference=False, threads=1, output=str(speed))
     report = json.loads(speed.read_text())
+    assert report["repeats"] == 3  # the median of 3 timed runs
     result = report["pipelines"]["ours_cpu"]
     assert result["tiles_per_s"] > 0 and result["tiled_vs_whole_aji"] >= 0.98 and 0 <= result["postprocess_share"] < 1
     assert result["window"] == "256x256" and result["windows_run"] == 1  # a 256 px tile: one window of itself
@@ -76,6 +77,8 @@ def test_bench_inference_with_a_narrow_network(tmp_path):
     assert json.loads(memory.read_text())["runs"][0]["regions"] >= 1  # the child built the narrow network
     with pytest.raises(ValueError, match="features: six positive ints"):
         unet_features("16,32,64")
+    with pytest.raises(ValueError, match="repeats: a positive integer"):
+        Bench().inference(size=256, networks="cpu", repeats=0)
 
 
 def test_bench_gpu_runs_reduced_on_the_cpu(tmp_path):
