@@ -21,7 +21,30 @@ from monai.networks.nets import BasicUNet
 from monai.utils.enums import HoVerNetBranch
 from torch import nn
 
-__all__ = ["HoVerUNet"]
+__all__ = ["HoVerUNet", "hover_unet_features"]
+
+#: state-dict keys (after the ``unet.`` prefix) whose first dimension is each of the six ``features``
+_FEATURE_KEYS = (
+    "conv_0.conv_0.conv.weight",
+    "down_1.convs.conv_0.conv.weight",
+    "down_2.convs.conv_0.conv.weight",
+    "down_3.convs.conv_0.conv.weight",
+    "down_4.convs.conv_0.conv.weight",
+    "upcat_1.convs.conv_1.conv.weight",
+)
+
+
+def hover_unet_features(state: dict) -> tuple[int, ...] | None:
+    """The ``features`` of the :class:`HoVerUNet` whose weights ``state`` holds (bare or wrapped, e.g. by
+    ``HoVerNetSingleOutput``: any key prefix), ``None`` if ``state`` is not a ``HoVerUNet``'s."""
+    first = next((k for k in state if k.endswith("unet." + _FEATURE_KEYS[0])), None)
+    if first is None:
+        return None
+    prefix = first[: -len(_FEATURE_KEYS[0])]
+    try:
+        return tuple(int(state[prefix + key].shape[0]) for key in _FEATURE_KEYS)
+    except (KeyError, AttributeError, IndexError):
+        return None
 
 
 class HoVerUNet(nn.Module):

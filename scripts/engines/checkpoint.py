@@ -19,6 +19,7 @@ schedulers, image pools and the engine's iteration count) when ``resume`` is on.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from pathlib import Path
@@ -28,6 +29,7 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 
+from networks.hover_unet import hover_unet_features
 from scripts.data.atomic import atomic_path, remove_stale_temporaries
 from scripts.runtime.distributed import is_main_process
 
@@ -181,9 +183,14 @@ def load_network_weights(
             details.append(f"{len(missing)} missing, e.g. {missing[0]}")
         if unexpected:
             details.append(f"{len(unexpected)} unexpected, e.g. {unexpected[0]}")
-        raise ValueError(
-            f"{path}: the weights do not match the configured {what} ({'; '.join(details)}). Use the same config "
-            "files (profile, ablation) as the training run that wrote them."
-        )
+        hint = "Use the same config files (profile, ablation) as the training run that wrote them."
+        features = hover_unet_features(state)
+        if features is not None and features != hover_unet_features(own):
+            widths = json.dumps(list(features)).replace(" ", "")
+            hint = (
+                f"They are a HoVerUNet with features {widths}: pass --network_def#features {widths} (training and "
+                f"evaluation configs) or --network_def#network#features {widths} (inference.json)."
+            )
+        raise ValueError(f"{path}: the weights do not match the configured {what} ({'; '.join(details)}). {hint}")
     network.load_state_dict(state)
     return network

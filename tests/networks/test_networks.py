@@ -310,3 +310,18 @@ def test_hover_unet_is_basic_unet_with_hover_outputs():
         assert torch.allclose(scripted(x)[HoVerNetBranch.HV.value], net(x)[HoVerNetBranch.HV.value], atol=1e-5)
     with pytest.raises(ValueError, match="multiples of 16"):
         net(torch.rand(1, 3, 40, 48))
+
+
+def test_weights_of_another_width_name_the_features_to_configure(tmp_path):
+    """A narrow HoVerUNet's weights loaded into the default network: the error says which features they need."""
+    from networks import HoVerNetSingleOutput
+    from networks.hover_unet import hover_unet_features
+    from scripts.engines.checkpoint import load_network_weights
+
+    narrow = HoVerUNet(features=(16, 32, 64, 128, 256, 16))
+    assert hover_unet_features(narrow.state_dict()) == (16, 32, 64, 128, 256, 16)
+    assert hover_unet_features(HoVerNetSingleOutput(HoVerUNet()).state_dict()) == (32, 32, 64, 128, 256, 32)
+    assert hover_unet_features(ImageToMaskNet(features=(8, 16, 32), blocks_per_stage=1).state_dict()) is None
+    torch.save(narrow.state_dict(), tmp_path / "narrow.pt")
+    with pytest.raises(ValueError, match=r"--network_def#network#features \[16,32,64,128,256,16\] \(inference.json\)"):
+        load_network_weights(HoVerNetSingleOutput(HoVerUNet()), tmp_path / "narrow.pt", what="segmentation model")
