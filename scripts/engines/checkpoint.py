@@ -188,8 +188,8 @@ def load_network_weights(
         if features is not None and features != hover_unet_features(own):
             widths = json.dumps(list(features)).replace(" ", "")
             hint = (
-                f"They are a HoVerUNet with features {widths}: pass --network_def#features {widths} (training and "
-                f"evaluation configs) or --network_def#network#features {widths} (inference.json)."
+                f"They are a HoVerUNet with features {widths}: pass --network_def#features '{widths}' (training and "
+                f"evaluation configs) or --network_def#network#features '{widths}' (inference.json)."
             )
         raise ValueError(f"{path}: the weights do not match the configured {what} ({'; '.join(details)}). {hint}")
     network.load_state_dict(state)

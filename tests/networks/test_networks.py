@@ -323,5 +323,6 @@ def test_weights_of_another_width_name_the_features_to_configure(tmp_path):
     assert hover_unet_features(HoVerNetSingleOutput(HoVerUNet()).state_dict()) == (32, 32, 64, 128, 256, 32)
     assert hover_unet_features(ImageToMaskNet(features=(8, 16, 32), blocks_per_stage=1).state_dict()) is None
     torch.save(narrow.state_dict(), tmp_path / "narrow.pt")
-    with pytest.raises(ValueError, match=r"--network_def#network#features \[16,32,64,128,256,16\] \(inference.json\)"):
+    hint = r"--network_def#network#features '\[16,32,64,128,256,16\]' \(inference.json\)"
+    with pytest.raises(ValueError, match=hint):
         load_network_weights(HoVerNetSingleOutput(HoVerUNet()), tmp_path / "narrow.pt", what="segmentation model")
