@@ -403,12 +403,12 @@ def test_bf16_is_chosen_only_where_it_is_fast(monkeypatch):
     assert fast_bf16("cpu") is False
     cpu = parse_configs(BASE, CPU)
     assert cpu.get_parsed_content("channels_last") is False and cpu.get_parsed_content("fast_allocator") is True
-    # AVX512-BF16 without AMX: the cpu profile trains in bf16 (1.39x, bench synthesis on AMD Zen 4), the base not
+    # AVX512-BF16 without AMX: fp32 (bf16 is 1.39x faster there, but the one bf16 GAN run so far trained a worse
+    # segmenter, confounded with its seed: bundle/docs/synthesis.md)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
     assert fast_bf16("cpu") is False and parse_configs(BASE).get_parsed_content("amp") is False
     cpu = parse_configs(BASE, CPU)
-    assert cpu.get_parsed_content("amp") is True and cpu.get_parsed_content("channels_last") is True
-    assert cpu.get_parsed_content("fast_allocator") is False
+    assert cpu.get_parsed_content("amp") is False and cpu.get_parsed_content("fast_allocator") is True
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
     assert fast_bf16("cpu") is True
     cpu = parse_configs(BASE, CPU)
