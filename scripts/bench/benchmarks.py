@@ -162,7 +162,7 @@ class Bench:
         ``cached_bf16`` (plus bfloat16 autocast), ``cached_bf16_channels_last`` (and channels-last),
         ``cached_compiled`` (fp32 with ``compile: true``: the iteration's forward passes through ``torch.compile``,
         compiled in the warm-up). ``profile`` names the mode the ``cpu`` profile picks on this machine (bf16 +
-        channels-last where :func:`scripts.runtime.native_bf16` says so, i.e. on CPUs with AMX or AVX512-BF16) and
+        channels-last where its ``amp`` is on: :func:`scripts.runtime.fast_bf16`, CPUs with AMX) and
         ``profile_vs_eager_baseline`` its speed-up. The allocator setting only acts at process start, so the command
         also runs itself in a child process started with it and reports that run too (``with_fast_allocator``).
         """

@@ -57,9 +57,9 @@ def fast_bf16(device: str | torch.device) -> bool:
     """Whether bfloat16 autocast speeds up training on ``device``: a CUDA device with bf16 support, or a CPU with
     AMX tiles (Intel Sapphire Rapids and later), where oneDNN runs bf16 convolutions on the matrix units.
 
-    Without AMX (AVX512-BF16 alone) the answer is ``False``: there the gain depends on the network's width (the tiny
-    and paper-scale profiles keep this rule; the ``cpu`` profiles use :func:`native_bf16`, measured by ``bench
-    synthesis`` / ``bench segmentation``, ``bundle/docs/synthesis.md``).
+    Without AMX (AVX512-BF16 alone) the answer is ``False``: the GAN profiles keep this rule (bf16 is faster there,
+    but its accuracy is not shown yet: ``bundle/docs/synthesis.md``); the ``cpu`` segmenter uses :func:`native_bf16`
+    (``bench segmentation``).
     """
     device = torch.device(device)
     if device.type == "cuda":
@@ -72,8 +72,9 @@ def fast_bf16(device: str | torch.device) -> bool:
 def native_bf16(device: str | torch.device) -> bool:
     """Whether ``device`` computes bfloat16 in hardware: a CUDA device with bf16 support, or a CPU with AMX tiles or
     AVX512-BF16 instructions (e.g. AMD Zen 4). Wider networks (the ``cpu`` segmenter, 32 channels at full
-    resolution) train ~1.45x faster in bf16 on AVX512-BF16 alone (``bench segmentation``), and so does the ``cpu``
-    GAN profile (1.39x with channels-last, ``bench synthesis``, AMD Zen 4, 2026-12-02)."""
+    resolution) train ~1.45x faster in bf16 on AVX512-BF16 alone (``bench segmentation``); the ``cpu`` GAN profile
+    would too (1.39x, ``bench synthesis``, AMD Zen 4) but keeps :func:`fast_bf16` until a bf16 GAN's segmenter is
+    shown to be as accurate."""
     device = torch.device(device)
     if device.type == "cpu":
         return fast_bf16(device) or bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
