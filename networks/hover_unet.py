@@ -52,9 +52,10 @@ class HoVerUNet(nn.Module):
     ``{"nucleus_prediction": logits (B, 2, H, W), "horizontal_vertical": linear HV (B, 2, H, W)}``, so that
     ``HoVerNetLoss`` and the HoVerNet post-processing apply unchanged.
 
-    Unlike :class:`networks.ImageToMaskNet`, NP and HV share one decoder, the full-resolution stage is as wide as
-    the next one and the normalisation is per instance (batch statistics are noisy at the CPU batch of 4).
-    Defaults (MONAI's ``features=(32, 32, 64, 128, 256, 32)``): 1,979,108 parameters.
+    Unlike :class:`networks.ImageToMaskNet`, NP and HV share one decoder and the normalisation is per instance (batch
+    statistics are noisy at the CPU batch of 4). Default ``features=(16, 32, 64, 128, 256, 16)``, the ``cpu``
+    profile's and the shipped model's: MONAI's default widths with 16 instead of 32 channels at full resolution
+    (100 instead of 155 kFLOP per pixel, the same accuracy over 2 seeds); 1,948,468 parameters.
 
     Args:
         in_channels: image channels.
@@ -67,7 +68,7 @@ class HoVerUNet(nn.Module):
     def __init__(
         self,
         in_channels: int = 3,
-        features: Sequence[int] = (32, 32, 64, 128, 256, 32),
+        features: Sequence[int] = (16, 32, 64, 128, 256, 16),
         norm: str | tuple = ("instance", {"affine": True}),
         dropout: float = 0.0,
     ) -> None:

@@ -395,8 +395,8 @@ class Bench:
         (``--fast_allocator False`` runs the children without the glibc setting of ``scripts.runtime``, which never
         returns freed memory). ``--slide PATH``: the same child-process run on your slide. ``amp``: bfloat16
         autocast (default: where the CPU computes bf16 natively, as ``inference.json``). ``features``: the six
-        ``HoVerUNet`` widths of ``model_path`` (default ``inference.json``'s, 32,32,64,128,256,32), e.g.
-        ``16,32,64,128,256,16`` for the narrow network of ``compare``'s ``pseudo_narrow`` row. ``repeats``: timed
+        ``HoVerUNet`` widths of ``model_path`` (default the shipped network's, 16,32,64,128,256,16), e.g.
+        ``32,32,64,128,256,32`` for MONAI's ``BasicUNet`` widths (the ``cpu`` profile before 0.7.0). ``repeats``: timed
         runs of each tile pipeline (after one warm-up; MONAI's own HoVerNet pipeline, ~3 min, runs once); the run of
         median time is reported (this shared machine's speed varies from run to run).
         """
@@ -720,7 +720,7 @@ def unet_features(features: str | Sequence[int] | None) -> tuple[int, ...] | Non
 def _cpu_segmenter(
     model_path: str | Path | None, seed: int = 0, features: Sequence[int] | None = None
 ) -> tuple[torch.nn.Module, str]:
-    """The ``cpu`` profile's segmenter (``HoVerUNet`` with ``features``, default MONAI's) with ``model_path``'s
+    """The ``cpu`` profile's segmenter (``HoVerUNet`` with ``features``, default the shipped ones) with ``model_path``'s
     weights (default ``bundle/models/model.pt`` if present and ``features`` are the default), else seeded random
     weights."""
     from networks import HoVerUNet

@@ -36,14 +36,20 @@ ROWS = {
     "upper": ("upper bound: real images + dense labels", "dense", None, None),
     "pseudo": ("pseudo masks from the points", "pseudo", None, None),
     "pseudo_band2": ("pseudo masks, a 2 px band along their outlines ignored", "pseudo", None, None),
-    "pseudo_narrow": (
-        "pseudo masks, 16 channels at full resolution (100 instead of 155 kFLOP per pixel)",
+    "upper_wide": (
+        "upper bound, MONAI's BasicUNet widths 32-32-64-128-256-32 (the cpu profile before 0.7.0)",
+        "dense",
+        None,
+        None,
+    ),
+    "pseudo_wide": (
+        "pseudo masks, MONAI's BasicUNet widths 32-32-64-128-256-32 (the cpu profile before 0.7.0)",
         "pseudo",
         None,
         None,
     ),
-    "pseudo_narrow_long": (
-        "pseudo masks, the narrow network for 1800 iterations (about the full width's 1400 in wall time)",
+    "pseudo_long": (
+        "pseudo masks, 1800 iterations (about the wide network's 1400 in wall time)",
         "pseudo",
         None,
         None,
@@ -125,8 +131,9 @@ SYNTHESIS = {"c_real_matched": {"colour_match": "reinhard"}, "c_real_windowed": 
 #: row -> segmenter settings (``train_cpu.json``) of its own
 SEGMENTER = {
     "pseudo_band2": {"pseudo_outline_ignore": 2},
-    "pseudo_narrow": {"network_def#features": [16, 32, 64, 128, 256, 16]},
-    "pseudo_narrow_long": {"network_def#features": [16, 32, 64, 128, 256, 16], "iterations": 1800},
+    "upper_wide": {"network_def#features": [32, 32, 64, 128, 256, 32]},
+    "pseudo_wide": {"network_def#features": [32, 32, 64, 128, 256, 32]},
+    "pseudo_long": {"iterations": 1800},
 }
 
 _HAEMATOXYLIN = {"refine_outlines": "haematoxylin"}

@@ -293,7 +293,7 @@ def test_remove_spectral_norm_hook_variant():
 def test_hover_unet_is_basic_unet_with_hover_outputs():
     torch.manual_seed(0)
     net = HoVerUNet()
-    assert sum(p.numel() for p in net.parameters()) == 1_979_108
+    assert sum(p.numel() for p in net.parameters()) == 1_948_468
     x = torch.rand(2, 3, 64, 48)
     out = net(x)
     assert out[HoVerNetBranch.NP.value].shape == out[HoVerNetBranch.HV.value].shape == (2, 2, 64, 48)
@@ -313,16 +313,17 @@ def test_hover_unet_is_basic_unet_with_hover_outputs():
 
 
 def test_weights_of_another_width_name_the_features_to_configure(tmp_path):
-    """A narrow HoVerUNet's weights loaded into the default network: the error says which features they need."""
+    """A wide HoVerUNet's weights (MONAI's widths) loaded into the default network: the error says which features
+    they need."""
     from networks import HoVerNetSingleOutput
     from networks.hover_unet import hover_unet_features
     from scripts.engines.checkpoint import load_network_weights
 
-    narrow = HoVerUNet(features=(16, 32, 64, 128, 256, 16))
-    assert hover_unet_features(narrow.state_dict()) == (16, 32, 64, 128, 256, 16)
-    assert hover_unet_features(HoVerNetSingleOutput(HoVerUNet()).state_dict()) == (32, 32, 64, 128, 256, 32)
+    wide = HoVerUNet(features=(32, 32, 64, 128, 256, 32))
+    assert hover_unet_features(wide.state_dict()) == (32, 32, 64, 128, 256, 32)
+    assert hover_unet_features(HoVerNetSingleOutput(HoVerUNet()).state_dict()) == (16, 32, 64, 128, 256, 16)
     assert hover_unet_features(ImageToMaskNet(features=(8, 16, 32), blocks_per_stage=1).state_dict()) is None
-    torch.save(narrow.state_dict(), tmp_path / "narrow.pt")
-    hint = r"--network_def#network#features '\[16,32,64,128,256,16\]' \(inference.json\)"
+    torch.save(wide.state_dict(), tmp_path / "wide.pt")
+    hint = r"--network_def#network#features '\[32,32,64,128,256,32\]' \(inference.json\)"
     with pytest.raises(ValueError, match=hint):
-        load_network_weights(HoVerNetSingleOutput(HoVerUNet()), tmp_path / "narrow.pt", what="segmentation model")
+        load_network_weights(HoVerNetSingleOutput(HoVerUNet()), tmp_path / "wide.pt", what="segmentation model")
