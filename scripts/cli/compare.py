@@ -192,6 +192,8 @@ def compare(
             ``refine_pointless: background`` (a teacher's nucleus holding no point is taught as background unless it
             touches a labelled nucleus: every MoNuSeg nucleus carries a point); ``pseudo_band2`` is ``pseudo`` with
             ``pseudo_outline_ignore: 2`` (the loss skips 2 px on each side of every pseudo-mask outline);
+            ``upper_wide`` and ``pseudo_wide`` train the 0.6.0 network (``features`` 32-32-64-128-256-32),
+            ``pseudo_long`` 1800 iterations;
             ``c_refined2_bg`` and ``pseudo_refined2_bg`` are second rounds (teachers: ``c_refined_bg``,
             ``pseudo_refined_h``); ``c_real_windowed`` renders the pairs
             as ``G`` was trained (``synthesize.json``'s ``render_window: 128``, the ``cpu`` GAN's crop size).
