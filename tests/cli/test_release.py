@@ -78,3 +78,16 @@ def test_the_shipped_model_matches_its_hash_and_finds_the_sample_nuclei(tmp_path
         item = {"image": record["input"], "points": str(SAMPLE / "points" / f"{record['name']}.csv")}
         scores.append(point_f1(read_label(record["outputs"]["label"]), load_tile(item)[1]))
     assert np.mean(scores) >= 0.8, scores
+
+
+def test_the_shipped_model_inference_json_and_the_cpu_profile_are_one_network():
+    """The shipped weights, ``inference.json`` and ``train_cpu.json`` (which trains every ``compare`` row and the
+    ``cpu`` main job) name the same ``HoVerUNet`` widths, so a model the profile trains runs with ``inference.json``."""
+    from networks.hover_unet import hover_unet_features
+
+    shipped = hover_unet_features(torch.load(BUNDLE / "models" / "model.pt", weights_only=True))
+    inference = ConfigParser(ConfigParser.load_config_files([BUNDLE / "configs" / "inference.json"]))
+    train_cpu = json.loads((BUNDLE / "configs" / "train_cpu.json").read_text())
+    assert shipped == tuple(inference["network_def"]["network"]["features"]) == (16, 32, 64, 128, 256, 16)
+    assert tuple(train_cpu["network_def"]["features"]) == shipped
+    assert hover_unet_features(HoVerUNet().state_dict()) == shipped  # the class default, used by the tests' stand-ins
