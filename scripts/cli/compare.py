@@ -75,6 +75,12 @@ ROWS = {
         "ablation_c_full.json",
         "real",
     ),
+    "c_real_appearance": (
+        "(c) ours, real points, segmenter with appearance randomisation (contrast curves, gamma, blur, noise)",
+        "synthetic",
+        "ablation_c_full.json",
+        "real",
+    ),
     "c_real_pseudo": (
         "(c) ours, real points, + pseudo masks on the real images",
         "synthetic+pseudo",
@@ -134,6 +140,7 @@ SEGMENTER = {
     "upper_wide": {"network_def#features": [32, 32, 64, 128, 256, 32]},
     "pseudo_wide": {"network_def#features": [32, 32, 64, 128, 256, 32]},
     "pseudo_long": {"iterations": 1800},
+    "c_real_appearance": {"appearance_randomisation": True},
 }
 
 _HAEMATOXYLIN = {"refine_outlines": "haematoxylin"}
@@ -193,7 +200,8 @@ def compare(
             touches a labelled nucleus: every MoNuSeg nucleus carries a point); ``pseudo_band2`` is ``pseudo`` with
             ``pseudo_outline_ignore: 2`` (the loss skips 2 px on each side of every pseudo-mask outline);
             ``upper_wide`` and ``pseudo_wide`` train the 0.6.0 network (``features`` 32-32-64-128-256-32),
-            ``pseudo_long`` 1800 iterations;
+            ``pseudo_long`` 1800 iterations; ``c_real_appearance`` trains on ``c_real``'s pairs with
+            ``appearance_randomisation`` (random contrast curves, gamma, blur and noise on every training crop);
             ``c_refined2_bg`` and ``pseudo_refined2_bg`` are second rounds (teachers: ``c_refined_bg``,
             ``pseudo_refined_h``); ``c_real_windowed`` renders the pairs
             as ``G`` was trained (``synthesize.json``'s ``render_window: 128``, the ``cpu`` GAN's crop size).

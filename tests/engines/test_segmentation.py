@@ -163,6 +163,30 @@ def test_cpu_profile_recipe(tmp_path):
     assert (tmp_path / "run" / "model.pt").is_file()
 
 
+def test_appearance_randomisation_is_opt_in_and_changes_only_the_image():
+    """``appearance_randomisation`` (compare row ``c_real_appearance``) appends random contrast curves, gamma, blur and
+    noise to the cpu profile's augmentation: off, the transform chain is unchanged; on, the same seeds give the same
+    targets and a different image, still in [0, 1]."""
+    settings = {"data_dir": str(SAMPLE), "training_data": "dense", "crop_size": 64, "amp": False}
+    plain = parse_configs(TRAIN, CONFIGS / "train_cpu.json", **settings)
+    on = parse_configs(TRAIN, CONFIGS / "train_cpu.json", appearance_randomisation=True, **settings)
+    plain_chain = plain.get_parsed_content("train#preprocessing")
+    on_chain = on.get_parsed_content("train#preprocessing")
+    names = [type(t).__name__ for t in on_chain.transforms]
+    assert names[: len(plain_chain.transforms) - 2] == [type(t).__name__ for t in plain_chain.transforms][:-2]
+    assert len(names) == len(plain_chain.transforms) + 5 and "RandHistogramShiftd" in names
+    assert "RandHistogramShiftd" not in [type(t).__name__ for t in plain_chain.transforms]
+    changed = 0
+    for seed, item in enumerate(plain.get_parsed_content("datalist")["training"] * 2):
+        plain_chain.set_random_state(seed)
+        on_chain.set_random_state(seed)
+        a, b = plain_chain(dict(item)), on_chain(dict(item))
+        assert torch.equal(a["label_np"], b["label_np"]) and torch.equal(a["hv_label"], b["hv_label"])
+        assert 0.0 <= float(b["image"].min()) and float(b["image"].max()) <= 1.0
+        changed += int(not torch.allclose(a["image"], b["image"]))
+    assert changed >= 3
+
+
 # --- the workflow ------------------------------------------------------------------------------------------
 
 
@@ -452,7 +476,7 @@ def test_every_synthetic_row_has_its_gan_folder_and_pairs():
         assert ablation in GANS and (REPO / "bundle" / "configs" / ablation).is_file()
         key = (ablation, points, tuple(sorted(SYNTHESIS.get(row, {}).items())))
         pairs.setdefault(key, []).append(row)
-    assert pairs[("ablation_c_full.json", "real", ())] == ["c_real", "c_real_pseudo"]
+    assert pairs[("ablation_c_full.json", "real", ())] == ["c_real", "c_real_appearance", "c_real_pseudo"]
     assert len(set(GANS.values())) == len(GANS)
     # every refined row names a row as its teacher, and settings refine.json has, with values it accepts
     refine = json.loads((REPO / "bundle" / "configs" / "refine.json").read_text())
@@ -460,8 +484,8 @@ def test_every_synthetic_row_has_its_gan_folder_and_pairs():
     for row, (teacher, settings) in REFINED.items():
         assert ROWS[row][1] == "refined" and teacher in ROWS
         assert all(key in refine and value in accepted[key] for key, value in settings.items()), row
-    # every segmenter setting names an id of train_cpu.json ("a#b": b inside a)
-    train_cpu = ConfigParser(json.loads((REPO / "bundle" / "configs" / "train_cpu.json").read_text()))
+    # every segmenter setting names an id of train.json + train_cpu.json ("a#b": b inside a)
+    train_cpu = parse_configs(TRAIN, CONFIGS / "train_cpu.json")
     assert all(key in train_cpu for settings in SEGMENTER.values() for key in settings), SEGMENTER
     assert set(SEGMENTER) <= set(ROWS)
     assert REFINED["c_refined_bg"] == ("c_real", {"refine_outlines": "haematoxylin", "refine_pointless": "background"})
