@@ -96,6 +96,12 @@ ROWS = {
         None,
     ),
     "c_refined": ("(c) ours, real points, then refined on the real tiles (teacher: c_real)", "refined", None, None),
+    "c_appearance_refined": (
+        "(c) ours, appearance-randomised segmenter, then refined on the real tiles (teacher: c_real_appearance)",
+        "refined",
+        None,
+        None,
+    ),
     "c_matched_refined": (
         "(c) colour-matched pairs, then refined on the real tiles (teacher: c_real_matched)",
         "refined",
@@ -157,6 +163,7 @@ REFINED = {
     "c_refined_bg": ("c_real", _BACKGROUND),
     "c_refined2_bg": ("c_refined_bg", _BACKGROUND),
     "c_matched_refined": ("c_real_matched", _HAEMATOXYLIN),
+    "c_appearance_refined": ("c_real_appearance", _HAEMATOXYLIN),
 }
 
 
@@ -201,7 +208,8 @@ def compare(
             ``pseudo_outline_ignore: 2`` (the loss skips 2 px on each side of every pseudo-mask outline);
             ``upper_wide`` and ``pseudo_wide`` train the 0.6.0 network (``features`` 32-32-64-128-256-32),
             ``pseudo_long`` 1800 iterations; ``c_real_appearance`` trains on ``c_real``'s pairs with
-            ``appearance_randomisation`` (random contrast curves, gamma, blur and noise on every training crop);
+            ``appearance_randomisation`` (random contrast curves, gamma, blur and noise on every training crop)
+            and ``c_appearance_refined`` refines with that teacher;
             ``c_refined2_bg`` and ``pseudo_refined2_bg`` are second rounds (teachers: ``c_refined_bg``,
             ``pseudo_refined_h``); ``c_real_windowed`` renders the pairs
             as ``G`` was trained (``synthesize.json``'s ``render_window: 128``, the ``cpu`` GAN's crop size).
