@@ -56,6 +56,12 @@ ROWS = {
     ),
     "a_real": ("(a) CycleGAN pairs, real points", "synthetic", "ablation_a_cyclegan.json", "real"),
     "c_real": ("(c) ours, real points", "synthetic", "ablation_c_full.json", "real"),
+    "c_real_plain": (
+        "(c) ours, real points, without appearance randomisation (the cpu profile before 0.8.0)",
+        "synthetic",
+        "ablation_c_full.json",
+        "real",
+    ),
     "c_random": ("(c) ours, random points", "synthetic", "ablation_c_full.json", "random"),
     "c_real_mixed": (
         "(c) ours, real points, G with a per-image appearance code + spatial noise",
@@ -75,12 +81,6 @@ ROWS = {
         "ablation_c_full.json",
         "real",
     ),
-    "c_real_appearance": (
-        "(c) ours, real points, segmenter with appearance randomisation (contrast curves, gamma, blur, noise)",
-        "synthetic",
-        "ablation_c_full.json",
-        "real",
-    ),
     "c_real_pseudo": (
         "(c) ours, real points, + pseudo masks on the real images",
         "synthetic+pseudo",
@@ -96,8 +96,8 @@ ROWS = {
         None,
     ),
     "c_refined": ("(c) ours, real points, then refined on the real tiles (teacher: c_real)", "refined", None, None),
-    "c_appearance_refined": (
-        "(c) ours, appearance-randomised segmenter, then refined on the real tiles (teacher: c_real_appearance)",
+    "c_refined_plain": (
+        "(c) ours, refined on the real tiles, teacher without appearance randomisation (teacher: c_real_plain)",
         "refined",
         None,
         None,
@@ -146,7 +146,7 @@ SEGMENTER = {
     "upper_wide": {"network_def#features": [32, 32, 64, 128, 256, 32]},
     "pseudo_wide": {"network_def#features": [32, 32, 64, 128, 256, 32]},
     "pseudo_long": {"iterations": 1800},
-    "c_real_appearance": {"appearance_randomisation": True},
+    "c_real_plain": {"appearance_randomisation": False},
 }
 
 _HAEMATOXYLIN = {"refine_outlines": "haematoxylin"}
@@ -163,7 +163,7 @@ REFINED = {
     "c_refined_bg": ("c_real", _BACKGROUND),
     "c_refined2_bg": ("c_refined_bg", _BACKGROUND),
     "c_matched_refined": ("c_real_matched", _HAEMATOXYLIN),
-    "c_appearance_refined": ("c_real_appearance", _HAEMATOXYLIN),
+    "c_refined_plain": ("c_real_plain", _HAEMATOXYLIN),
 }
 
 
@@ -207,9 +207,9 @@ def compare(
             touches a labelled nucleus: every MoNuSeg nucleus carries a point); ``pseudo_band2`` is ``pseudo`` with
             ``pseudo_outline_ignore: 2`` (the loss skips 2 px on each side of every pseudo-mask outline);
             ``upper_wide`` and ``pseudo_wide`` train the 0.6.0 network (``features`` 32-32-64-128-256-32),
-            ``pseudo_long`` 1800 iterations; ``c_real_appearance`` trains on ``c_real``'s pairs with
-            ``appearance_randomisation`` (random contrast curves, gamma, blur and noise on every training crop)
-            and ``c_appearance_refined`` refines with that teacher;
+            ``pseudo_long`` 1800 iterations; ``c_real_plain`` trains on ``c_real``'s pairs without the cpu
+            profile's ``appearance_randomisation`` (random contrast curves, gamma, blur and noise on every synthetic
+            training crop, on by default since 0.8.0) and ``c_refined_plain`` refines with that teacher;
             ``c_refined2_bg`` and ``pseudo_refined2_bg`` are second rounds (teachers: ``c_refined_bg``,
             ``pseudo_refined_h``); ``c_real_windowed`` renders the pairs
             as ``G`` was trained (``synthesize.json``'s ``render_window: 128``, the ``cpu`` GAN's crop size).

@@ -163,10 +163,18 @@ def test_cpu_profile_recipe(tmp_path):
     assert (tmp_path / "run" / "model.pt").is_file()
 
 
-def test_appearance_randomisation_is_opt_in_and_changes_only_the_image():
-    """``appearance_randomisation`` (compare row ``c_real_appearance``) appends random contrast curves, gamma, blur and
-    noise to the cpu profile's augmentation: off, the transform chain is unchanged; on, the same seeds give the same
-    targets and a different image, still in [0, 1]."""
+def test_appearance_randomisation_is_on_for_synthetic_pairs_and_changes_only_the_image():
+    """``appearance_randomisation`` appends random contrast curves, gamma, blur and noise to the cpu profile's
+    augmentation, by default for synthetic pairs only (real images: off; the paper-scale profile: off); off, the
+    transform chain is unchanged; on, the same seeds give the same targets and a different image, still in [0, 1]."""
+    defaults = {
+        data: parse_configs(TRAIN, CONFIGS / "train_cpu.json", training_data=data).get_parsed_content(
+            "appearance_randomisation"
+        )
+        for data in ("synthetic", "synthetic+pseudo", "pseudo", "dense", "refined")
+    }
+    assert defaults == {"synthetic": True, "synthetic+pseudo": True, "pseudo": False, "dense": False, "refined": False}
+    assert parse_configs(TRAIN).get_parsed_content("appearance_randomisation") is False
     settings = {"data_dir": str(SAMPLE), "training_data": "dense", "crop_size": 64, "amp": False}
     plain = parse_configs(TRAIN, CONFIGS / "train_cpu.json", **settings)
     on = parse_configs(TRAIN, CONFIGS / "train_cpu.json", appearance_randomisation=True, **settings)
@@ -476,7 +484,7 @@ def test_every_synthetic_row_has_its_gan_folder_and_pairs():
         assert ablation in GANS and (REPO / "bundle" / "configs" / ablation).is_file()
         key = (ablation, points, tuple(sorted(SYNTHESIS.get(row, {}).items())))
         pairs.setdefault(key, []).append(row)
-    assert pairs[("ablation_c_full.json", "real", ())] == ["c_real", "c_real_appearance", "c_real_pseudo"]
+    assert pairs[("ablation_c_full.json", "real", ())] == ["c_real", "c_real_plain", "c_real_pseudo"]
     assert len(set(GANS.values())) == len(GANS)
     # every refined row names a row as its teacher, and settings refine.json has, with values it accepts
     refine = json.loads((REPO / "bundle" / "configs" / "refine.json").read_text())
