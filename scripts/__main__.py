@@ -20,7 +20,7 @@ import fire
 
 def _commands() -> dict:
     from scripts.bench import Bench
-    from scripts.cli import compare, demo, export, fit_points, pipeline, prepare, release, synthesis_report
+    from scripts.cli import compare, demo, export, figures, fit_points, pipeline, prepare, release, synthesis_report
 
     return {
         "prepare": prepare.prepare,
@@ -34,6 +34,7 @@ def _commands() -> dict:
         "fit_points": fit_points.fit_points,
         "export": export.export,
         "release": release.release,
+        "augmentation_figure": figures.augmentation_figure,
     }
 
 

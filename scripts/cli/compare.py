@@ -54,6 +54,12 @@ ROWS = {
         None,
         None,
     ),
+    "pseudo_appearance": (
+        "pseudo masks, with the appearance randomisation of the synthetic pairs",
+        "pseudo",
+        None,
+        None,
+    ),
     "a_real": ("(a) CycleGAN pairs, real points", "synthetic", "ablation_a_cyclegan.json", "real"),
     "c_real": ("(c) ours, real points", "synthetic", "ablation_c_full.json", "real"),
     "c_real_plain": (
@@ -108,6 +114,12 @@ ROWS = {
         None,
         None,
     ),
+    "c_refined2": (
+        "(c) ours, refined twice on the real tiles (teacher: c_refined)",
+        "refined",
+        None,
+        None,
+    ),
     "c_refined_bg": (
         "(c) ours, refined, point-less nuclei taught as background (teacher: c_real)",
         "refined",
@@ -147,6 +159,7 @@ SEGMENTER = {
     "pseudo_wide": {"network_def#features": [32, 32, 64, 128, 256, 32]},
     "pseudo_long": {"iterations": 1800},
     "c_real_plain": {"appearance_randomisation": False},
+    "pseudo_appearance": {"appearance_randomisation": True},
 }
 
 _HAEMATOXYLIN = {"refine_outlines": "haematoxylin"}
@@ -160,6 +173,7 @@ REFINED = {
     "pseudo_refined_bg": ("pseudo", _BACKGROUND),
     "pseudo_refined2_bg": ("pseudo_refined_h", _BACKGROUND),
     "c_refined": ("c_real", _HAEMATOXYLIN),
+    "c_refined2": ("c_refined", _HAEMATOXYLIN),
     "c_refined_bg": ("c_real", _BACKGROUND),
     "c_refined2_bg": ("c_refined_bg", _BACKGROUND),
     "c_matched_refined": ("c_real_matched", _HAEMATOXYLIN),
@@ -210,9 +224,10 @@ def compare(
             ``pseudo_long`` 1800 iterations; ``c_real_plain`` trains on ``c_real``'s pairs without the cpu
             profile's ``appearance_randomisation`` (random contrast curves, gamma, blur and noise on every synthetic
             training crop, on by default since 0.8.0) and ``c_refined_plain`` refines with that teacher;
-            ``c_refined2_bg`` and ``pseudo_refined2_bg`` are second rounds (teachers: ``c_refined_bg``,
-            ``pseudo_refined_h``); ``c_real_windowed`` renders the pairs
-            as ``G`` was trained (``synthesize.json``'s ``render_window: 128``, the ``cpu`` GAN's crop size).
+            ``pseudo_appearance`` is ``pseudo`` with that randomisation on the real training crops;
+            ``c_refined2``, ``c_refined2_bg`` and ``pseudo_refined2_bg`` are second rounds (teachers:
+            ``c_refined``, ``c_refined_bg``, ``pseudo_refined_h``); ``c_real_windowed`` renders the pairs as ``G`` was
+            trained (``synthesize.json``'s ``render_window: 128``, the ``cpu`` GAN's crop size).
         seeds: comma-separated seeds (e.g. ``0,1``): every stage of every row runs once per seed. A difference between
             rows smaller than the seed spread is not a result.
         gan_a, gan_c: finished GAN run folders to use as they are (for every seed); by default
