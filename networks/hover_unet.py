@@ -82,6 +82,8 @@ class HoVerUNet(nn.Module):
             norm=norm,
             dropout=dropout,
         )
+        for upcat in (self.unet.upcat_4, self.unet.upcat_3, self.unet.upcat_2, self.unet.upcat_1):
+            upcat.is_pad = False  # H, W are multiples of 16: MONAI's zero-width padding would only copy each tensor
 
     def encoder_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters of the UNet's contracting path, e.g. to freeze it while the decoder learns."""

@@ -312,6 +312,23 @@ def test_hover_unet_is_basic_unet_with_hover_outputs():
         net(torch.rand(1, 3, 40, 48))
 
 
+def test_hover_unet_skips_monai_zero_width_padding_with_the_same_outputs():
+    """Sides are multiples of 16, so MONAI's UpCat padding (a full copy of each upsampled tensor) is off: the outputs
+    are exactly those of the padded network, and no pad runs."""
+    torch.manual_seed(0)
+    net = HoVerUNet().eval()
+    upcats = [net.unet.upcat_4, net.unet.upcat_3, net.unet.upcat_2, net.unet.upcat_1]
+    assert not any(u.is_pad for u in upcats)
+    x = torch.rand(1, 3, 96, 64)
+    with torch.no_grad(), torch.profiler.profile() as prof:
+        fast = net.unet(x)
+    assert not [e for e in prof.key_averages() if "pad" in e.key]
+    for u in upcats:
+        u.is_pad = True
+    with torch.no_grad():
+        assert torch.equal(net.unet(x), fast)
+
+
 def test_weights_of_another_width_name_the_features_to_configure(tmp_path):
     """A wide HoVerUNet's weights (MONAI's widths) loaded into the default network: the error says which features
     they need."""
