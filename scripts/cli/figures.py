@@ -54,6 +54,9 @@ def augmentation_figure(
     """Synthetic training crops without (top row) and with (middle) the ``cpu`` profile's appearance randomisation,
     and real training crops of ``data`` (bottom), as the segmenter sees them; ``synthetic``: a ``synthesize`` output
     folder. Writes ``output`` (JPEG or PNG) and returns its path."""
+    from PIL import Image
+
+    from scripts.data.atomic import atomic_path
     from scripts.evaluation.visualize import grid
 
     datalist = Path(synthetic) / "datalist.json"
@@ -61,12 +64,15 @@ def augmentation_figure(
         raise FileNotFoundError(f"{datalist}: not found (is {synthetic} a synthesize output folder?)")
     if crops < 1:
         raise ValueError(f"crops: {crops}, give at least 1")
+    image_format = Image.registered_extensions().get(Path(output).suffix.lower())
+    if image_format is None:
+        raise ValueError(f"output: {output} has no image file extension (e.g. .jpg or .png)")
     rows = [
         augmentation_crops("synthetic", data, False, crops, str(datalist)),
         augmentation_crops("synthetic", data, True, crops, str(datalist)),
         augmentation_crops("dense", data, False, crops),
     ]
-    figure = grid(rows)
-    figure.save(output, quality=85) if str(output).lower().endswith((".jpg", ".jpeg")) else figure.save(output)
+    with atomic_path(output) as tmp:  # never a half-written figure
+        grid(rows).save(tmp, format=image_format, **({"quality": 85} if image_format == "JPEG" else {}))
     print(f"wrote {output}")
     return str(output)

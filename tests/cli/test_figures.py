@@ -49,9 +49,16 @@ def test_augmentation_crops_differ_only_by_the_randomisation(synthetic_folder, m
 
 
 def test_augmentation_figure_writes_three_rows(synthetic_folder, monuseg, tmp_path):
-    out = augmentation_figure(str(synthetic_folder), data=str(monuseg), output=str(tmp_path / "f.png"), crops=3)
+    out = augmentation_figure(str(synthetic_folder), data=str(monuseg), output=str(tmp_path / "f.jpg"), crops=3)
+    assert Image.open(out).format == "JPEG" and [p.name for p in tmp_path.glob("*.jpg")] == ["f.jpg"]
     width, height = Image.open(out).size
     assert (width, height) == (3 * 260 + 4, 3 * 260 + 4)
+
+
+def test_augmentation_figure_refuses_an_output_without_an_image_extension(synthetic_folder, monuseg, tmp_path):
+    with pytest.raises(ValueError, match="no image file extension"):
+        augmentation_figure(str(synthetic_folder), data=str(monuseg), output=str(tmp_path / "figure"))
+    assert not list(tmp_path.glob("figure*"))
 
 
 def test_augmentation_figure_names_a_missing_datalist(tmp_path):
