@@ -39,9 +39,8 @@ def test_augmentation_crops_differ_only_by_the_randomisation(synthetic_folder, m
     randomised = augmentation_crops("synthetic", str(monuseg), True, 2, datalist)
     again = augmentation_crops("synthetic", str(monuseg), True, 2, datalist)
     assert [c.shape for c in plain] == [(256, 256, 3)] * 2 and all(c.dtype == np.uint8 for c in plain)
-    assert all(
-        np.array_equal(a, b) for a, b in zip(randomised, again, strict=True)
-    )  # seeded: the figure is reproducible
+    # seeded: the figure is reproducible
+    assert all(np.array_equal(a, b) for a, b in zip(randomised, again, strict=True))
     assert any(np.abs(a.astype(int) - b).mean() > 2 for a, b in zip(plain, randomised, strict=True))
     # the same crops (positions, flips): the randomised image still follows the plain one's structure
     for a, b in zip(plain, randomised, strict=True):
