@@ -114,6 +114,12 @@ ROWS = {
         None,
         None,
     ),
+    "c_matched_refined2": (
+        "(c) colour-matched pairs, refined twice on the real tiles (teacher: c_matched_refined)",
+        "refined",
+        None,
+        None,
+    ),
     "c_refined2": (
         "(c) ours, refined twice on the real tiles (teacher: c_refined)",
         "refined",
@@ -178,7 +184,18 @@ REFINED = {
     "c_refined2_bg": ("c_refined_bg", _BACKGROUND),
     "c_matched_refined": ("c_real_matched", _HAEMATOXYLIN),
     "c_refined_plain": ("c_real_plain", _HAEMATOXYLIN),
+    "c_matched_refined2": ("c_matched_refined", _HAEMATOXYLIN),
 }
+
+
+def with_teachers(rows: list[str]) -> list[str]:
+    """``rows`` with each refined row's teacher (and its teacher's) inserted before it unless listed earlier."""
+    ordered = list(rows)
+    for row in reversed(REFINED):  # a teacher that is itself refined gets its own teacher first
+        teacher = REFINED[row][0]
+        if row in ordered and teacher not in ordered[: ordered.index(row)]:
+            ordered.insert(ordered.index(row), teacher)
+    return ordered
 
 
 def compare(
@@ -215,7 +232,8 @@ def compare(
             ``c_real_mixed`` (its own GAN, ``ablation_c_mixed.json``: ``G`` with ``noise: mixed``, an appearance
             code drawn per image beside the per-pixel noise) and ``c_real_matched`` (``c_real``'s GAN, each
             synthetic image given the LAB colour statistics of a random real training tile: ``synthesize.json``'s
-            ``colour_match: reinhard``); ``c_matched_refined`` refines with the ``c_real_matched`` teacher;
+            ``colour_match: reinhard``); ``c_matched_refined`` refines with the ``c_real_matched`` teacher,
+            ``c_matched_refined2`` adds a second round (teacher: ``c_matched_refined``);
             ``c_refined_bg`` and ``pseudo_refined_bg`` are ``c_refined`` and ``pseudo_refined_h`` with
             ``refine_pointless: background`` (a teacher's nucleus holding no point is taught as background unless it
             touches a labelled nucleus: every MoNuSeg nucleus carries a point); ``pseudo_band2`` is ``pseudo`` with
@@ -242,10 +260,7 @@ def compare(
     unknown = [r for r in selected if r not in ROWS]
     if unknown:
         raise SystemExit(f"error: unknown rows {unknown}; choose among {list(ROWS)}")
-    for row in reversed(REFINED):  # a teacher that is itself refined gets its own teacher first
-        teacher = REFINED[row][0]
-        if row in selected and teacher not in selected[: selected.index(row)]:
-            selected.insert(selected.index(row), teacher)
+    selected = with_teachers(selected)
     seed_list = _seeds(seeds)
     _check_gan_checkpoint(gan_checkpoint)
     out = Path(output)

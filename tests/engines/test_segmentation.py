@@ -473,7 +473,7 @@ def test_evaluating_from_the_command_line(tmp_path):
 
 def test_every_synthetic_row_has_its_gan_folder_and_pairs():
     """Rows of one GAN share its run folder; rows with other synthesis settings or GANs get their own pairs."""
-    from scripts.cli.compare import GANS, REFINED, ROWS, SEGMENTER, SYNTHESIS
+    from scripts.cli.compare import GANS, REFINED, ROWS, SEGMENTER, SYNTHESIS, with_teachers
     from scripts.engines.refine import OUTLINES
     from transforms.point_labels import POINTLESS
 
@@ -498,3 +498,6 @@ def test_every_synthetic_row_has_its_gan_folder_and_pairs():
     assert set(SEGMENTER) <= set(ROWS)
     assert REFINED["c_refined_bg"] == ("c_real", {"refine_outlines": "haematoxylin", "refine_pointless": "background"})
     assert REFINED["c_matched_refined"][0] == "c_real_matched"
+    # a second round brings its whole chain of teachers, each before its student, and reuses one already listed
+    assert with_teachers(["c_matched_refined2"]) == ["c_real_matched", "c_matched_refined", "c_matched_refined2"]
+    assert with_teachers(["c_real", "upper", "c_refined2"]) == ["c_real", "upper", "c_refined", "c_refined2"]
