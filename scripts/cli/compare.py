@@ -126,6 +126,12 @@ ROWS = {
         None,
         None,
     ),
+    "c_refined2_ft": (
+        "(c) ours, refined twice, the second student fine-tuned from its teacher, 700 iterations (teacher: c_refined)",
+        "refined",
+        None,
+        None,
+    ),
     "c_refined_bg": (
         "(c) ours, refined, point-less nuclei taught as background (teacher: c_real)",
         "refined",
@@ -166,6 +172,7 @@ SEGMENTER = {
     "pseudo_long": {"iterations": 1800},
     "c_real_plain": {"appearance_randomisation": False},
     "pseudo_appearance": {"appearance_randomisation": True},
+    "c_refined2_ft": {"iterations": 700},
 }
 
 _HAEMATOXYLIN = {"refine_outlines": "haematoxylin"}
@@ -185,6 +192,7 @@ REFINED = {
     "c_matched_refined": ("c_real_matched", _HAEMATOXYLIN),
     "c_refined_plain": ("c_real_plain", _HAEMATOXYLIN),
     "c_matched_refined2": ("c_matched_refined", _HAEMATOXYLIN),
+    "c_refined2_ft": ("c_refined", {**_HAEMATOXYLIN, "refine_student_init": "teacher"}),
 }
 
 
@@ -233,7 +241,9 @@ def compare(
             code drawn per image beside the per-pixel noise) and ``c_real_matched`` (``c_real``'s GAN, each
             synthetic image given the LAB colour statistics of a random real training tile: ``synthesize.json``'s
             ``colour_match: reinhard``); ``c_matched_refined`` refines with the ``c_real_matched`` teacher,
-            ``c_matched_refined2`` adds a second round (teacher: ``c_matched_refined``);
+            ``c_matched_refined2`` adds a second round (teacher: ``c_matched_refined``); ``c_refined2_ft`` is
+            ``c_refined2`` with the student starting from its teacher's weights (``refine_student_init: teacher``)
+            and trained for 700 iterations instead of 1400;
             ``c_refined_bg`` and ``pseudo_refined_bg`` are ``c_refined`` and ``pseudo_refined_h`` with
             ``refine_pointless: background`` (a teacher's nucleus holding no point is taught as background unless it
             touches a labelled nucleus: every MoNuSeg nucleus carries a point); ``pseudo_band2`` is ``pseudo`` with

@@ -41,11 +41,26 @@ from scripts.inference.predict import TilePredictor
 from transforms import PointsToEllipseMask
 from transforms.point_labels import POINTLESS, PointLabels, haematoxylin_outlines, point_constrained_labels
 
-__all__ = ["OUTLINES", "PointConstrainedLabeller"]
+__all__ = ["OUTLINES", "STUDENT_INIT", "PointConstrainedLabeller", "initialise_student"]
 
 _COUNTS = ("points", "kept", "split", "filled", "missing", "removed", "outlines_moved")
 #: where the refined nuclei's outlines come from
 OUTLINES = ("teacher", "haematoxylin")
+#: the student's first weights: random (``scratch``) or the teacher's (``teacher``: the student fine-tunes it)
+STUDENT_INIT = ("scratch", "teacher")
+
+
+def initialise_student(student: torch.nn.Module, teacher_path: str | Path, init: str = "scratch") -> None:
+    """Give ``student`` the teacher's weights when ``init`` is ``teacher``; ``scratch`` keeps its random ones.
+
+    Runs before the student's trainer: a resumed student's checkpoint replaces these weights when the trainer starts.
+    """
+    if init not in STUDENT_INIT:
+        raise ValueError(f"refine_student_init must be one of {STUDENT_INIT}, got {init!r}.")
+    if init == "teacher":
+        if not Path(teacher_path).is_file():
+            raise FileNotFoundError(f"{teacher_path}: teacher model not found (teacher_path).")
+        student.load_state_dict(torch.load(teacher_path, map_location="cpu", weights_only=True))
 
 
 class PointConstrainedLabeller:

@@ -180,3 +180,23 @@ def test_haematoxylin_outlines_move_some_nuclei_and_keep_the_points(tmp_path):
         pixel = np.floor(points + 0.5).astype(int)
         assert np.mean(label[pixel[:, 0], pixel[:, 1]] == np.arange(1, len(points) + 1)) > 0.95
         assert not ((load_label(folder / item["ignore"]) > 0) & (label > 0)).any()
+
+
+def test_the_student_fine_tunes_its_teacher_when_asked(tmp_path):
+    """``refine_student_init: teacher`` starts the student from the teacher's weights (a near-zero learning rate
+    keeps them, so the saved student is the teacher); ``scratch`` starts from random weights."""
+    import torch
+
+    teacher = torch.load(SHIPPED, map_location="cpu", weights_only=True)
+
+    def distance(run: Path) -> float:
+        student = torch.load(run / "model.pt", map_location="cpu", weights_only=True)
+        return max(float((student[k].float() - v.float()).abs().max()) for k, v in teacher.items())
+
+    for init, run in (("teacher", tmp_path / "tuned"), ("scratch", tmp_path / "new")):
+        _run(_refine(run, iterations=2, lr=1e-12, refine_student_init=init))
+    assert distance(tmp_path / "tuned") < 1e-5 < 0.01 < distance(tmp_path / "new")
+    with pytest.raises(Exception) as error:
+        _run(_refine(tmp_path / "bad", refine_student_init="teachers"))
+    assert "refine_student_init must be one of" in str(clear_error(error.value))
+    assert not (tmp_path / "bad" / "refined_labels").exists()  # refused before any tile is labelled

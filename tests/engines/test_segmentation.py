@@ -474,7 +474,7 @@ def test_evaluating_from_the_command_line(tmp_path):
 def test_every_synthetic_row_has_its_gan_folder_and_pairs():
     """Rows of one GAN share its run folder; rows with other synthesis settings or GANs get their own pairs."""
     from scripts.cli.compare import GANS, REFINED, ROWS, SEGMENTER, SYNTHESIS, with_teachers
-    from scripts.engines.refine import OUTLINES
+    from scripts.engines.refine import OUTLINES, STUDENT_INIT
     from transforms.point_labels import POINTLESS
 
     pairs = {}
@@ -488,7 +488,7 @@ def test_every_synthetic_row_has_its_gan_folder_and_pairs():
     assert len(set(GANS.values())) == len(GANS)
     # every refined row names a row as its teacher, and settings refine.json has, with values it accepts
     refine = json.loads((REPO / "bundle" / "configs" / "refine.json").read_text())
-    accepted = {"refine_outlines": OUTLINES, "refine_pointless": POINTLESS}
+    accepted = {"refine_outlines": OUTLINES, "refine_pointless": POINTLESS, "refine_student_init": STUDENT_INIT}
     for row, (teacher, settings) in REFINED.items():
         assert ROWS[row][1] == "refined" and teacher in ROWS
         assert all(key in refine and value in accepted[key] for key, value in settings.items()), row
