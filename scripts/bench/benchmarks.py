@@ -376,6 +376,7 @@ class Bench:
         fill: float = 0.5,
         slide: str | None = None,
         fast_allocator: bool = True,
+        compile: bool = False,
         output: str | None = None,
     ) -> None:
         """Inference speed and memory (``python -m scripts bench inference [--rss] [--slide PATH]``).
@@ -398,7 +399,10 @@ class Bench:
         ``HoVerUNet`` widths of ``model_path`` (default the shipped network's, 16,32,64,128,256,16), e.g.
         ``32,32,64,128,256,32`` for MONAI's ``BasicUNet`` widths (the ``cpu`` profile before 0.7.0). ``repeats``: timed
         runs of each tile pipeline (after one warm-up; MONAI's own HoVerNet pipeline, ~3 min, runs once); the run of
-        median time is reported (this shared machine's speed varies from run to run).
+        median time is reported (this shared machine's speed varies from run to run). ``compile``: also time our
+        tile pipeline with the network through ``torch.compile`` (``ours_cpu_compiled``, in the same process: the
+        steady state of a folder of tiles once ``compile: auto`` has switched it on), after a warm-up on the tile
+        itself that compiles it (its seconds: ``warmup_s``).
         """
         import shutil
         import tempfile
@@ -412,6 +416,7 @@ class Bench:
         features = unet_features(features)
         if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
             raise ValueError(f"repeats: a positive integer, got {repeats!r}.")
+        compile = as_bool(compile, "compile")
         work = Path(tempfile.mkdtemp(prefix="bench_inference_"))
         result: dict = {"machine": _machine(), "features": list(features) if features else "inference.json"}
         try:
@@ -439,7 +444,7 @@ class Bench:
                     result["rss_ratio_largest_vs_smallest"] = round(runs[-1]["peak_rss_mb"] / runs[0]["peak_rss_mb"], 3)
             else:
                 result |= self._inference_speed(
-                    tile, size, networks, reference, model_path, features, hovernet_path, amp, work, repeats
+                    tile, size, networks, reference, model_path, features, hovernet_path, amp, work, repeats, compile
                 )
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -467,7 +472,7 @@ class Bench:
         _report(gpu_benchmark(steps, slide_size, fill, workers, model_path, data, reduced), output)
 
     def _inference_speed(
-        self, tile, size, networks, reference, model_path, features, hovernet_path, amp, work, repeats=1
+        self, tile, size, networks, reference, model_path, features, hovernet_path, amp, work, repeats=1, compile=False
     ) -> dict:
         from monai.apps.pathology.inferers import SlidingWindowHoVerNetInferer
         from PIL import Image
@@ -498,11 +503,14 @@ class Bench:
                 progress=False,
                 **windows,
             )
-            engine.process(warm)
+            start = time.perf_counter()
+            engine.process(path if windows.get("compile") else warm)  # compiling needs the timed input's shapes
+            warmup_s = time.perf_counter() - start
             runs = sorted((engine.process(path) for _ in range(repeats if timed else 1)), key=lambda r: r["seconds"])
             summary = runs[len(runs) // 2]  # the median run
             summary["label_map"] = np.asarray(Image.open(summary["outputs"]["label"])).astype(np.int32)
             summary["window"] = engine._grid.size  # (h, w): the tile in one window, or roi_size windows
+            summary["warmup_s"] = round(warmup_s, 1)
             return summary
 
         for name in networks:
@@ -550,6 +558,13 @@ class Bench:
                         result["pipelines"]["monai_cpu"]["seconds"] / seconds, 2
                     )
             result["pipelines"][f"ours_{name}"] = entry
+            if name == "cpu" and compile:
+                result["pipelines"]["ours_cpu_compiled"] = _compiled_entry(ours(network, "cpu_compiled", compile=True))
+                compiled = result["pipelines"]["ours_cpu_compiled"]
+                compiled["network_gflops"] = round(flops * compiled["windows_run"] / compiled["network_s"] / 1e9, 1)
+                compiled["roofline_fraction"] = round(compiled["network_gflops"] / result["roofline"]["gflops"], 3)
+                compiled["vs_eager_aji"] = round(aji(compiled.pop("label_map"), summary["label_map"]), 4)
+                compiled["speedup_vs_eager"] = round(seconds / compiled["seconds"], 2)
         if reference and "hovernet" in networks:
             network, weights = _hovernet(False, hovernet_path)
             inferer = SlidingWindowHoVerNetInferer(
@@ -566,6 +581,21 @@ class Bench:
                 ours_s = result["pipelines"]["ours_hovernet"]["seconds"]
                 result["speedup_vs_monai_hovernet"] = round(monai["seconds"] / ours_s, 2)
         return result
+
+
+def _compiled_entry(summary: dict) -> dict:
+    """The timing fields of a compiled tile run's median ``summary`` (its label map kept for the agreement)."""
+    seconds, area = summary["seconds"], summary["label_map"].size
+    return {
+        "seconds": seconds,
+        "megapixels_per_s": round(area / 1e6 / seconds, 4),
+        "network_s": summary["network_s"],
+        "postprocess_s": summary["postprocess_s"],
+        "warmup_s": summary["warmup_s"],
+        "nuclei": summary["nuclei"],
+        "windows_run": summary["windows"],
+        "label_map": summary["label_map"],
+    }
 
 
 def _monai_pipeline(

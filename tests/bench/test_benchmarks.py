@@ -63,6 +63,33 @@ def test_bench_inference_on_tiny_inputs(tmp_path):
     assert run["slide"] == "512x512" and run["peak_rss_mb"] > 100 and run["regions"] >= 1
 
 
+def test_bench_inference_times_the_compiled_pipeline_after_compiling_on_the_tile(tmp_path, monkeypatch):
+    """``--compile`` adds ``ours_cpu_compiled`` (the same process, its agreement with eager and the speed-up); its
+    warm-up runs on the timed tile itself, so the timed runs never compile. ``torch.compile`` is replaced by a
+    recorder here (its outputs are tested in tests/inference/test_fast_paths.py)."""
+    from scripts.inference.predict import TilePredictor
+
+    compiled_shapes: list[tuple[int, ...]] = []
+    forward = TilePredictor.forward
+
+    def record(self, x):
+        if getattr(self, "_compiled", None) is not None:
+            compiled_shapes.append(tuple(x.shape[-2:]))
+        return forward(self, x)
+
+    monkeypatch.setattr(TilePredictor, "compile", lambda self: setattr(self, "_compiled", self.network))
+    monkeypatch.setattr(TilePredictor, "forward", record)
+    speed = tmp_path / "speed.json"
+    Bench().inference(size=320, networks="cpu", reference=False, threads=1, repeats=1, compile=True, output=str(speed))
+    report = json.loads(speed.read_text())["pipelines"]
+    compiled = report["ours_cpu_compiled"]
+    assert compiled["vs_eager_aji"] == 1.0 and compiled["nuclei"] == report["ours_cpu"]["nuclei"]
+    assert compiled["speedup_vs_eager"] == pytest.approx(report["ours_cpu"]["seconds"] / compiled["seconds"], abs=0.01)
+    assert 0 < compiled["roofline_fraction"] < 1 and compiled["warmup_s"] > 0
+    # warm-up + one timed run, each one 320 px window: never the 256 px warm-up crop of the eager pipeline
+    assert compiled_shapes == [(320, 320)] * 2
+
+
 def test_bench_inference_with_another_width(tmp_path):
     """``--features`` reaches the tile pipeline (more FLOPs per pixel with MONAI's widths than the shipped network's)
     and the slide run's child process."""
