@@ -120,6 +120,12 @@ ROWS = {
         None,
         None,
     ),
+    "c_matched_refined3": (
+        "(c) colour-matched pairs, refined three times on the real tiles (teacher: c_matched_refined2)",
+        "refined",
+        None,
+        None,
+    ),
     "c_refined2": (
         "(c) ours, refined twice on the real tiles (teacher: c_refined)",
         "refined",
@@ -192,6 +198,7 @@ REFINED = {
     "c_matched_refined": ("c_real_matched", _HAEMATOXYLIN),
     "c_refined_plain": ("c_real_plain", _HAEMATOXYLIN),
     "c_matched_refined2": ("c_matched_refined", _HAEMATOXYLIN),
+    "c_matched_refined3": ("c_matched_refined2", _HAEMATOXYLIN),
     "c_refined2_ft": ("c_refined", {**_HAEMATOXYLIN, "refine_student_init": "teacher"}),
 }
 
@@ -241,7 +248,8 @@ def compare(
             code drawn per image beside the per-pixel noise) and ``c_real_matched`` (``c_real``'s GAN, each
             synthetic image given the LAB colour statistics of a random real training tile: ``synthesize.json``'s
             ``colour_match: reinhard``); ``c_matched_refined`` refines with the ``c_real_matched`` teacher,
-            ``c_matched_refined2`` adds a second round (teacher: ``c_matched_refined``); ``c_refined2_ft`` is
+            ``c_matched_refined2`` and ``c_matched_refined3`` add a second and a third round (teachers:
+            ``c_matched_refined``, ``c_matched_refined2``); ``c_refined2_ft`` is
             ``c_refined2`` with the student starting from its teacher's weights (``refine_student_init: teacher``)
             and trained for 700 iterations instead of 1400;
             ``c_refined_bg`` and ``pseudo_refined_bg`` are ``c_refined`` and ``pseudo_refined_h`` with

@@ -499,5 +499,7 @@ def test_every_synthetic_row_has_its_gan_folder_and_pairs():
     assert REFINED["c_refined_bg"] == ("c_real", {"refine_outlines": "haematoxylin", "refine_pointless": "background"})
     assert REFINED["c_matched_refined"][0] == "c_real_matched"
     # a second round brings its whole chain of teachers, each before its student, and reuses one already listed
-    assert with_teachers(["c_matched_refined2"]) == ["c_real_matched", "c_matched_refined", "c_matched_refined2"]
+    assert with_teachers(["c_matched_refined3"]) == [
+        "c_real_matched", "c_matched_refined", "c_matched_refined2", "c_matched_refined3"
+    ]  # fmt: skip
     assert with_teachers(["c_real", "upper", "c_refined2"]) == ["c_real", "upper", "c_refined", "c_refined2"]
