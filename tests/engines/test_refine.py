@@ -182,6 +182,28 @@ def test_haematoxylin_outlines_move_some_nuclei_and_keep_the_points(tmp_path):
         assert not ((load_label(folder / item["ignore"]) > 0) & (label > 0)).any()
 
 
+def test_the_documented_command_runs_in_a_fresh_process(tmp_path):
+    """``python -m monai.bundle run refine`` (as in the docs) in a new interpreter, where no test has imported the
+    project's modules: every expression of refine.json must reach its code by itself."""
+    import os
+    import subprocess
+    import sys
+
+    configs = [str(CONFIGS / f) for f in ("train.json", "train_cpu.json", "refine.json")]
+    settings = {
+        "data_dir": str(SAMPLE), "teacher_path": str(SHIPPED), "output_dir": str(tmp_path / "run"), "iterations": 2,
+        "epoch_length": 1, "val_interval": 1, "crop_size": 64, "amp": False, "flip_tta": False,
+        "refine_outlines": "teacher", "refine_student_init": "teacher", "num_workers": 0,
+    }  # fmt: skip
+    arguments = [a for key, value in settings.items() for a in (f"--{key}", str(value))]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "monai.bundle", "run", "refine", "--config_file", str(configs), *arguments]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "run" / "model.pt").is_file()
+    assert (tmp_path / "run" / "refined_labels" / "datalist.json").is_file()
+
+
 def test_the_student_fine_tunes_its_teacher_when_asked(tmp_path):
     """``refine_student_init: teacher`` starts the student from the teacher's weights (a near-zero learning rate
     keeps them, so the saved student is the teacher); ``scratch`` starts from random weights."""
