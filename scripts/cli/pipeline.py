@@ -32,6 +32,7 @@ from scripts import CODE_ROOT, SAMPLE_DATA, runtime
 from scripts.data.atomic import atomic_path
 from scripts.data.datalist import PrepareError
 from scripts.data.tiles import tile_datalist
+from scripts.engines.synthesize import COLOUR_MATCH
 from scripts.evaluation.evaluate import format_comparison
 from scripts.evaluation.visualize import grid, instances_rgb, points_on
 from scripts.runtime.settings import check
@@ -69,6 +70,7 @@ def pipeline(
     seed: int = 0,
     refine: bool = True,
     refine_rounds: int = 1,
+    colour_match: str = "reinhard",
 ) -> None:
     """Run the whole method on a data folder and write ``output/summary.png`` and ``output/metrics.md``.
 
@@ -86,6 +88,9 @@ def pipeline(
             (``refine/model.pt``). ``--refine False`` stops at the segmenter.
         refine_rounds: refine rounds; each round's student teaches the next one (``refine_round<k>/`` for the
             rounds before the last, the last in ``refine/``); every round's model is evaluated.
+        colour_match: ``reinhard`` (since 0.10.0): each synthetic image takes the LAB colour statistics of a random
+            real training tile (``synthesize.json``'s ``colour_match``; the compare rows ``c_real_matched`` and
+            ``c_matched_refined*``); ``none``: the generator's colours (the rows ``c_real``, ``c_refined*``).
     """
     if profile not in PROFILES:
         raise SystemExit(f"error: profile must be one of {tuple(PROFILES)}, got {profile!r}")
@@ -95,6 +100,8 @@ def pipeline(
         raise SystemExit(f"error: refine_rounds must be an integer >= 1, got {refine_rounds!r}")
     if not refine and refine_rounds != 1:
         raise SystemExit(f"error: refine_rounds {refine_rounds} needs the refine stage (--refine True)")
+    if colour_match not in COLOUR_MATCH:
+        raise SystemExit(f"error: colour_match must be one of {COLOUR_MATCH}, got {colour_match!r}")
     check(seed=seed)
     data_dir, out = Path(data), Path(output)
     gan_profile, seg_profile, synth, refine_overrides = PROFILES[profile]
@@ -123,6 +130,7 @@ def pipeline(
         output_dir=str(gan_dir),
         synthetic_dir=str(synthetic_dir),
         points_source=points,
+        colour_match=colour_match,
         **synth,
     )
     seg = {"output_dir": str(seg_dir), "model_path": str(model_path), "training_data": "synthetic"}

@@ -351,6 +351,8 @@ def test_main_job_runs_end_to_end_and_resumes(tmp_path):
     assert picture.size == (4 * 260 + 4, 16 + 3 * 260 + 4)  # 3 rows x (points, mask, synthetic, prediction)
     assert "| ours (synthetic pairs) | 1 |" in (out / "metrics.md").read_text()
     assert "| ours (synthetic pairs, refined) | 1 |" in (out / "metrics.md").read_text()
+    manifest = json.loads((out / "synthetic" / "manifest.json").read_text())
+    assert manifest["colour_match"]["method"] == "reinhard"  # the default since 0.10.0: real tiles' colours
     images = sorted((out / "synthetic" / "images").glob("*.png"))
     stamps = {p: p.stat().st_mtime_ns for p in images}
     pipeline(output=str(out), profile="smoke")  # again: every stage resumes, nothing is redone or duplicated
@@ -358,6 +360,8 @@ def test_main_job_runs_end_to_end_and_resumes(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in images} == stamps
     with pytest.raises(SystemExit, match="profile must be one of"):
         pipeline(output=str(out), profile="huge")
+    with pytest.raises(SystemExit, match="colour_match must be one of"):
+        pipeline(output=str(out), profile="smoke", colour_match="macenko")
     with pytest.raises(SystemExit, match="data folder not found"):
         pipeline(data=str(tmp_path / "missing"), output=str(out), profile="smoke")
 
