@@ -121,7 +121,7 @@ ROWS = {
         None,
     ),
     "c_matched_refined3": (
-        "(c) colour-matched pairs, refined three times on the real tiles (teacher: c_matched_refined2)",
+        "(c) colour-matched pairs, refined 3 times, the third student fine-tuned (teacher: c_matched_refined2)",
         "refined",
         None,
         None,
@@ -179,6 +179,7 @@ SEGMENTER = {
     "c_real_plain": {"appearance_randomisation": False},
     "pseudo_appearance": {"appearance_randomisation": True},
     "c_refined2_ft": {"iterations": 700},
+    "c_matched_refined3": {"iterations": 700},
 }
 
 _HAEMATOXYLIN = {"refine_outlines": "haematoxylin"}
@@ -198,7 +199,7 @@ REFINED = {
     "c_matched_refined": ("c_real_matched", _HAEMATOXYLIN),
     "c_refined_plain": ("c_real_plain", _HAEMATOXYLIN),
     "c_matched_refined2": ("c_matched_refined", _HAEMATOXYLIN),
-    "c_matched_refined3": ("c_matched_refined2", _HAEMATOXYLIN),
+    "c_matched_refined3": ("c_matched_refined2", {**_HAEMATOXYLIN, "refine_student_init": "teacher"}),
     "c_refined2_ft": ("c_refined", {**_HAEMATOXYLIN, "refine_student_init": "teacher"}),
 }
 
@@ -249,7 +250,8 @@ def compare(
             synthetic image given the LAB colour statistics of a random real training tile: ``synthesize.json``'s
             ``colour_match: reinhard``); ``c_matched_refined`` refines with the ``c_real_matched`` teacher,
             ``c_matched_refined2`` and ``c_matched_refined3`` add a second and a third round (teachers:
-            ``c_matched_refined``, ``c_matched_refined2``); ``c_refined2_ft`` is
+            ``c_matched_refined``, ``c_matched_refined2``; the third student fine-tunes its teacher for 700
+            iterations, as ``c_refined2_ft``); ``c_refined2_ft`` is
             ``c_refined2`` with the student starting from its teacher's weights (``refine_student_init: teacher``)
             and trained for 700 iterations instead of 1400;
             ``c_refined_bg`` and ``pseudo_refined_bg`` are ``c_refined`` and ``pseudo_refined_h`` with
