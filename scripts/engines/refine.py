@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from scripts.data.atomic import atomic_path
 from scripts.data.images import load_tile, read_label
+from scripts.engines.checkpoint import load_network_weights
 from scripts.evaluation.metrics import instance_metrics
 from scripts.evaluation.visualize import contours_on, grid, instances_rgb, points_on
 from scripts.inference.predict import TilePredictor
@@ -58,9 +59,7 @@ def initialise_student(student: torch.nn.Module, teacher_path: str | Path, init:
     if init not in STUDENT_INIT:
         raise ValueError(f"refine_student_init must be one of {STUDENT_INIT}, got {init!r}.")
     if init == "teacher":
-        if not Path(teacher_path).is_file():
-            raise FileNotFoundError(f"{teacher_path}: teacher model not found (teacher_path).")
-        student.load_state_dict(torch.load(teacher_path, map_location="cpu", weights_only=True))
+        load_network_weights(student, teacher_path, what="teacher")  # one clear line for a missing or unfit file
 
 
 class PointConstrainedLabeller:
