@@ -23,6 +23,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from monai.bundle import ConfigWorkflow
@@ -37,27 +38,46 @@ from scripts.evaluation.evaluate import format_comparison
 from scripts.evaluation.visualize import grid, instances_rgb, points_on
 from scripts.runtime.settings import check
 
-__all__ = ["PROFILES", "pipeline", "run_workflow"]
+__all__ = ["PROFILES", "Profile", "pipeline", "run_workflow"]
 
 REPO = CODE_ROOT
 CONFIGS = REPO / "bundle" / "configs"
 SAMPLE = SAMPLE_DATA
 
-#: profile -> (synthesis override files, segmentation override files, synthesize overrides, refine overrides);
+class Profile(NamedTuple):
+    """The settings of one ``--profile`` of the main job."""
+
+    gan: tuple[str, ...]  #: override files of ``train_synthesis.json``
+    segmenter: tuple[str, ...]  #: override files of ``train.json``
+    synthesize: dict  #: ``synthesize.json`` overrides
+    refine: dict  #: ``refine.json`` overrides of the first refine round (its student trains from scratch)
+    refine_later: dict  #: overrides of every later round: the student fine-tunes its teacher, on a shorter schedule
+
+
+#: the later rounds of ``cpu`` are the compare row ``c_matched_refined3``'s recipe (teacher init, 700 iterations);
 #: ``tiny`` is the ``cpu`` segmenter recipe with a shorter schedule on smaller crops
+_FINE_TUNE = {"refine_student_init": "teacher"}
 PROFILES = {
-    "tiny": (
+    "tiny": Profile(
         ("train_synthesis_tiny.json",),
         ("train_cpu.json", "train_tiny.json"),
         {"masks_per_tile": 2, "draws_per_mask": 2},
         {"iterations": 100},
+        {**_FINE_TUNE, "iterations": 50},
     ),
-    "cpu": (("train_synthesis_cpu.json",), ("train_cpu.json",), {"masks_per_tile": 2, "draws_per_mask": 2}, {}),
-    "smoke": (
+    "cpu": Profile(
+        ("train_synthesis_cpu.json",),
+        ("train_cpu.json",),
+        {"masks_per_tile": 2, "draws_per_mask": 2},
+        {},
+        {**_FINE_TUNE, "iterations": 700},
+    ),
+    "smoke": Profile(
         ("train_synthesis_smoke.json",),
         ("train_smoke.json",),
         {"masks_per_tile": 1, "draws_per_mask": 1},
         {},
+        _FINE_TUNE,
     ),
 }
 
@@ -87,7 +107,9 @@ def pipeline(
             training tiles under the points' constraints and a student trains on them; the student is the result
             (``refine/model.pt``). ``--refine False`` stops at the segmenter.
         refine_rounds: refine rounds; each round's student teaches the next one (``refine_round<k>/`` for the
-            rounds before the last, the last in ``refine/``); every round's model is evaluated.
+            rounds before the last, the last in ``refine/``); every round's model is evaluated. The first student
+            trains from scratch, every later one fine-tunes its teacher on a shorter schedule (``cpu``: 700
+            iterations, the compare row ``c_matched_refined3``).
         colour_match: ``reinhard`` (since 0.10.0): each synthetic image takes the LAB colour statistics of a random
             real training tile (``synthesize.json``'s ``colour_match``; the compare rows ``c_real_matched`` and
             ``c_matched_refined*``); ``none``: the generator's colours (the rows ``c_real``, ``c_refined*``).
@@ -104,7 +126,7 @@ def pipeline(
         raise SystemExit(f"error: colour_match must be one of {COLOUR_MATCH}, got {colour_match!r}")
     check(seed=seed)
     data_dir, out = Path(data), Path(output)
-    gan_profile, seg_profile, synth, refine_overrides = PROFILES[profile]
+    gan_profile, seg_profile, synth, refine_first, refine_later = PROFILES[profile]
     gan_files = [CONFIGS / "train_synthesis.json", *(CONFIGS / f for f in gan_profile)]
     seg_files = [CONFIGS / "train.json", *(CONFIGS / f for f in seg_profile)]
     problems = check_data_folder(data_dir, gan_files, seg_files, seed)
@@ -147,7 +169,7 @@ def pipeline(
             [*seg_files, CONFIGS / "refine.json"],
             teacher_path=str(teacher),
             **refined,
-            **refine_overrides,
+            **(refine_first if round_ == 1 else refine_later),
         )
         row = "ours (synthetic pairs, refined)" + ("" if refine_rounds == 1 else f" round {round_}")
         eval_dir = out / "evaluation" if last else out / f"evaluation_refine_round{round_}"

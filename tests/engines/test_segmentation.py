@@ -366,12 +366,23 @@ def test_main_job_runs_end_to_end_and_resumes(tmp_path):
         pipeline(data=str(tmp_path / "missing"), output=str(out), profile="smoke")
 
 
-def test_main_job_with_two_refine_rounds(tmp_path):
-    """Round 1's student teaches round 2; the last round is the result, every round is evaluated."""
+def test_main_job_with_two_refine_rounds(tmp_path, monkeypatch):
+    """Round 1's student teaches round 2 and round 2's student starts from it; the last round is the result, every
+    round is evaluated."""
     import hashlib
 
+    import scripts.engines.refine as refine_engine
+
+    inits, initialise = [], refine_engine.initialise_student
+
+    def recording_initialise(student, teacher_path, init="scratch"):
+        inits.append((Path(teacher_path).parent.name, init))
+        initialise(student, teacher_path, init)
+
+    monkeypatch.setattr(refine_engine, "initialise_student", recording_initialise)
     out = tmp_path / "results"
     pipeline(output=str(out), profile="smoke", refine_rounds=2)
+    assert inits == [("segmentation", "scratch"), ("refine_round1", "teacher")]
     summary = json.loads((out / "metrics.json").read_text())
     assert set(summary["seconds"]) == {
         "1/6 mask -> image GAN", "2/6 synthesize", "3/6 segmenter", "4/6 refine (round 1)", "5/6 refine (round 2)",
