@@ -44,6 +44,7 @@ REPO = CODE_ROOT
 CONFIGS = REPO / "bundle" / "configs"
 SAMPLE = SAMPLE_DATA
 
+
 class Profile(NamedTuple):
     """The settings of one ``--profile`` of the main job."""
 
