@@ -126,6 +126,12 @@ ROWS = {
         None,
         None,
     ),
+    "c_matched_refined4": (
+        "(c) colour-matched pairs, refined 4 times, rounds 3 and 4 fine-tuned (teacher: c_matched_refined3)",
+        "refined",
+        None,
+        None,
+    ),
     "c_refined2": (
         "(c) ours, refined twice on the real tiles (teacher: c_refined)",
         "refined",
@@ -180,6 +186,7 @@ SEGMENTER = {
     "pseudo_appearance": {"appearance_randomisation": True},
     "c_refined2_ft": {"iterations": 700},
     "c_matched_refined3": {"iterations": 700},
+    "c_matched_refined4": {"iterations": 700},
 }
 
 _HAEMATOXYLIN = {"refine_outlines": "haematoxylin"}
@@ -200,6 +207,7 @@ REFINED = {
     "c_refined_plain": ("c_real_plain", _HAEMATOXYLIN),
     "c_matched_refined2": ("c_matched_refined", _HAEMATOXYLIN),
     "c_matched_refined3": ("c_matched_refined2", {**_HAEMATOXYLIN, "refine_student_init": "teacher"}),
+    "c_matched_refined4": ("c_matched_refined3", {**_HAEMATOXYLIN, "refine_student_init": "teacher"}),
     "c_refined2_ft": ("c_refined", {**_HAEMATOXYLIN, "refine_student_init": "teacher"}),
 }
 
@@ -249,9 +257,9 @@ def compare(
             code drawn per image beside the per-pixel noise) and ``c_real_matched`` (``c_real``'s GAN, each
             synthetic image given the LAB colour statistics of a random real training tile: ``synthesize.json``'s
             ``colour_match: reinhard``); ``c_matched_refined`` refines with the ``c_real_matched`` teacher,
-            ``c_matched_refined2`` and ``c_matched_refined3`` add a second and a third round (teachers:
-            ``c_matched_refined``, ``c_matched_refined2``; the third student fine-tunes its teacher for 700
-            iterations, as ``c_refined2_ft``); ``c_refined2_ft`` is
+            ``c_matched_refined2``, ``c_matched_refined3`` and ``c_matched_refined4`` add a second, third and
+            fourth round (teachers: ``c_matched_refined``, ``c_matched_refined2``, ``c_matched_refined3``; the third
+            and fourth students fine-tune their teachers for 700 iterations, as ``c_refined2_ft``); ``c_refined2_ft`` is
             ``c_refined2`` with the student starting from its teacher's weights (``refine_student_init: teacher``)
             and trained for 700 iterations instead of 1400;
             ``c_refined_bg`` and ``pseudo_refined_bg`` are ``c_refined`` and ``pseudo_refined_h`` with

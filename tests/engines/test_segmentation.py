@@ -518,3 +518,8 @@ def test_every_synthetic_row_has_its_gan_folder_and_pairs():
         "c_real_matched", "c_matched_refined", "c_matched_refined2", "c_matched_refined3"
     ]  # fmt: skip
     assert with_teachers(["c_real", "upper", "c_refined2"]) == ["c_real", "upper", "c_refined", "c_refined2"]
+    chain = ["c_matched_refined2", "c_matched_refined3", "c_matched_refined4"]
+    assert with_teachers(["c_matched_refined4"])[-3:] == chain
+    # the fine-tuned rounds: the student starts from its teacher and trains half the schedule
+    for row in ("c_refined2_ft", "c_matched_refined3", "c_matched_refined4"):
+        assert REFINED[row][1]["refine_student_init"] == "teacher" and SEGMENTER[row] == {"iterations": 700}, row
