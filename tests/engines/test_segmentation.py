@@ -336,7 +336,7 @@ def test_evaluate_workflow_reports_and_rejects_a_foreign_model(tmp_path):
 
 def test_main_job_runs_end_to_end_and_resumes(tmp_path):
     out = tmp_path / "results"
-    pipeline(output=str(out), profile="smoke")
+    pipeline(output=str(out), profile="smoke", refine_rounds=1)
     summary = json.loads((out / "metrics.json").read_text())
     for name in ("summary.png", "metrics.md", "metrics.json", "evaluation/metrics.json", "segmentation/model.pt"):
         assert (out / name).is_file(), name
@@ -355,7 +355,7 @@ def test_main_job_runs_end_to_end_and_resumes(tmp_path):
     assert manifest["colour_match"]["method"] == "reinhard"  # the default since 0.10.0: real tiles' colours
     images = sorted((out / "synthetic" / "images").glob("*.png"))
     stamps = {p: p.stat().st_mtime_ns for p in images}
-    pipeline(output=str(out), profile="smoke")  # again: every stage resumes, nothing is redone or duplicated
+    pipeline(output=str(out), profile="smoke", refine_rounds=1)  # again: every stage resumes, nothing is redone
     assert sorted((out / "synthetic" / "images").glob("*.png")) == images
     assert {p: p.stat().st_mtime_ns for p in images} == stamps
     with pytest.raises(SystemExit, match="profile must be one of"):
@@ -367,8 +367,8 @@ def test_main_job_runs_end_to_end_and_resumes(tmp_path):
 
 
 def test_main_job_with_two_refine_rounds(tmp_path, monkeypatch):
-    """Round 1's student teaches round 2 and round 2's student starts from it; the last round is the result, every
-    round is evaluated."""
+    """The default: two rounds. Round 1's student teaches round 2 and round 2's student starts from it; the last round
+    is the result, every round is evaluated."""
     import hashlib
 
     import scripts.engines.refine as refine_engine
@@ -381,7 +381,7 @@ def test_main_job_with_two_refine_rounds(tmp_path, monkeypatch):
 
     monkeypatch.setattr(refine_engine, "initialise_student", recording_initialise)
     out = tmp_path / "results"
-    pipeline(output=str(out), profile="smoke", refine_rounds=2)
+    pipeline(output=str(out), profile="smoke")
     assert inits == [("segmentation", "scratch"), ("refine_round1", "teacher")]
     summary = json.loads((out / "metrics.json").read_text())
     assert set(summary["seconds"]) == {
@@ -393,6 +393,11 @@ def test_main_job_with_two_refine_rounds(tmp_path, monkeypatch):
     assert json.loads((out / "refine" / "refined_labels" / "teacher.json").read_text())["md5"] == first
     assert summary["validation_mean"] == summary["validation"]["ours (synthetic pairs, refined) round 2"]
     assert (out / "evaluation_refine_round1" / "metrics.json").is_file()
+    # --refine False: the segmenter of synthetic pairs is the result, no refine folder
+    pipeline(output=str(tmp_path / "segmenter_only"), profile="smoke", refine=False)
+    summary = json.loads((tmp_path / "segmenter_only" / "metrics.json").read_text())
+    assert set(summary["validation"]) == {"ours (synthetic pairs)"}
+    assert not (tmp_path / "segmenter_only" / "refine").exists()
     for rounds, refine in ((0, True), (2, False)):
         with pytest.raises(SystemExit, match="refine_rounds"):
             pipeline(output=str(out), profile="smoke", refine=refine, refine_rounds=rounds)
