@@ -132,6 +132,12 @@ ROWS = {
         None,
         None,
     ),
+    "c_matched_refined5": (
+        "(c) colour-matched pairs, refined 5 times, rounds 3-5 fine-tuned (teacher: c_matched_refined4)",
+        "refined",
+        None,
+        None,
+    ),
     "c_refined2": (
         "(c) ours, refined twice on the real tiles (teacher: c_refined)",
         "refined",
@@ -187,6 +193,7 @@ SEGMENTER = {
     "c_refined2_ft": {"iterations": 700},
     "c_matched_refined3": {"iterations": 700},
     "c_matched_refined4": {"iterations": 700},
+    "c_matched_refined5": {"iterations": 700},
 }
 
 _HAEMATOXYLIN = {"refine_outlines": "haematoxylin"}
@@ -208,6 +215,7 @@ REFINED = {
     "c_matched_refined2": ("c_matched_refined", _HAEMATOXYLIN),
     "c_matched_refined3": ("c_matched_refined2", {**_HAEMATOXYLIN, "refine_student_init": "teacher"}),
     "c_matched_refined4": ("c_matched_refined3", {**_HAEMATOXYLIN, "refine_student_init": "teacher"}),
+    "c_matched_refined5": ("c_matched_refined4", {**_HAEMATOXYLIN, "refine_student_init": "teacher"}),
     "c_refined2_ft": ("c_refined", {**_HAEMATOXYLIN, "refine_student_init": "teacher"}),
 }
 
@@ -257,9 +265,9 @@ def compare(
             code drawn per image beside the per-pixel noise) and ``c_real_matched`` (``c_real``'s GAN, each
             synthetic image given the LAB colour statistics of a random real training tile: ``synthesize.json``'s
             ``colour_match: reinhard``); ``c_matched_refined`` refines with the ``c_real_matched`` teacher,
-            ``c_matched_refined2``, ``c_matched_refined3`` and ``c_matched_refined4`` add a second, third and
-            fourth round (teachers: ``c_matched_refined``, ``c_matched_refined2``, ``c_matched_refined3``; the third
-            and fourth students fine-tune their teachers for 700 iterations, as ``c_refined2_ft``); ``c_refined2_ft`` is
+            ``c_matched_refined2`` to ``c_matched_refined5`` add rounds 2 to 5 (each taught by the round before;
+            from round 3 on the student fine-tunes its teacher for 700 iterations, as ``c_refined2_ft``);
+            ``c_refined2_ft`` is
             ``c_refined2`` with the student starting from its teacher's weights (``refine_student_init: teacher``)
             and trained for 700 iterations instead of 1400;
             ``c_refined_bg`` and ``pseudo_refined_bg`` are ``c_refined`` and ``pseudo_refined_h`` with
