@@ -138,6 +138,12 @@ ROWS = {
         None,
         None,
     ),
+    "c_matched_refined6": (
+        "(c) colour-matched pairs, refined 6 times, rounds 3-6 fine-tuned (teacher: c_matched_refined5)",
+        "refined",
+        None,
+        None,
+    ),
     "c_refined2": (
         "(c) ours, refined twice on the real tiles (teacher: c_refined)",
         "refined",
@@ -194,6 +200,7 @@ SEGMENTER = {
     "c_matched_refined3": {"iterations": 700},
     "c_matched_refined4": {"iterations": 700},
     "c_matched_refined5": {"iterations": 700},
+    "c_matched_refined6": {"iterations": 700},
 }
 
 _HAEMATOXYLIN = {"refine_outlines": "haematoxylin"}
@@ -216,6 +223,7 @@ REFINED = {
     "c_matched_refined3": ("c_matched_refined2", {**_HAEMATOXYLIN, "refine_student_init": "teacher"}),
     "c_matched_refined4": ("c_matched_refined3", {**_HAEMATOXYLIN, "refine_student_init": "teacher"}),
     "c_matched_refined5": ("c_matched_refined4", {**_HAEMATOXYLIN, "refine_student_init": "teacher"}),
+    "c_matched_refined6": ("c_matched_refined5", {**_HAEMATOXYLIN, "refine_student_init": "teacher"}),
     "c_refined2_ft": ("c_refined", {**_HAEMATOXYLIN, "refine_student_init": "teacher"}),
 }
 
@@ -265,7 +273,7 @@ def compare(
             code drawn per image beside the per-pixel noise) and ``c_real_matched`` (``c_real``'s GAN, each
             synthetic image given the LAB colour statistics of a random real training tile: ``synthesize.json``'s
             ``colour_match: reinhard``); ``c_matched_refined`` refines with the ``c_real_matched`` teacher,
-            ``c_matched_refined2`` to ``c_matched_refined5`` add rounds 2 to 5 (each taught by the round before;
+            ``c_matched_refined2`` to ``c_matched_refined6`` add rounds 2 to 6 (each taught by the round before;
             from round 3 on the student fine-tunes its teacher for 700 iterations, as ``c_refined2_ft``);
             ``c_refined2_ft`` is
             ``c_refined2`` with the student starting from its teacher's weights (``refine_student_init: teacher``)

@@ -526,5 +526,5 @@ def test_every_synthetic_row_has_its_gan_folder_and_pairs():
     chain = ["c_matched_refined2", "c_matched_refined3", "c_matched_refined4"]
     assert with_teachers(["c_matched_refined4"])[-3:] == chain
     # the fine-tuned rounds: the student starts from its teacher and trains half the schedule
-    for row in ("c_refined2_ft", "c_matched_refined3", "c_matched_refined4", "c_matched_refined5"):
+    for row in ("c_refined2_ft", *(f"c_matched_refined{k}" for k in range(3, 7))):
         assert REFINED[row][1]["refine_student_init"] == "teacher" and SEGMENTER[row] == {"iterations": 700}, row
