@@ -120,30 +120,6 @@ ROWS = {
         None,
         None,
     ),
-    "c_matched_refined3": (
-        "(c) colour-matched pairs, refined 3 times, the third student fine-tuned (teacher: c_matched_refined2)",
-        "refined",
-        None,
-        None,
-    ),
-    "c_matched_refined4": (
-        "(c) colour-matched pairs, refined 4 times, rounds 3 and 4 fine-tuned (teacher: c_matched_refined3)",
-        "refined",
-        None,
-        None,
-    ),
-    "c_matched_refined5": (
-        "(c) colour-matched pairs, refined 5 times, rounds 3-5 fine-tuned (teacher: c_matched_refined4)",
-        "refined",
-        None,
-        None,
-    ),
-    "c_matched_refined6": (
-        "(c) colour-matched pairs, refined 6 times, rounds 3-6 fine-tuned (teacher: c_matched_refined5)",
-        "refined",
-        None,
-        None,
-    ),
     "c_refined2": (
         "(c) ours, refined twice on the real tiles (teacher: c_refined)",
         "refined",
@@ -182,6 +158,20 @@ ROWS = {
     ),
 }
 
+#: later rounds on the colour-matched chain: from round 3 on each student fine-tunes its teacher (700 iterations)
+FINE_TUNED_ROUNDS = range(3, 7)
+ROWS.update(
+    {
+        f"c_matched_refined{k}": (
+            f"(c) colour-matched pairs, {k} refine rounds, fine-tuned from round 3 (teacher: c_matched_refined{k - 1})",
+            "refined",
+            None,
+            None,
+        )
+        for k in FINE_TUNED_ROUNDS
+    }
+)
+
 #: GAN ablation file -> the name of its run folder (``gan_<name>``) and synthetic pairs (``synthetic_<name>_<points>``)
 GANS = {"ablation_a_cyclegan.json": "a", "ablation_c_full.json": "c", "ablation_c_mixed.json": "c_mixed"}
 
@@ -197,11 +187,8 @@ SEGMENTER = {
     "c_real_plain": {"appearance_randomisation": False},
     "pseudo_appearance": {"appearance_randomisation": True},
     "c_refined2_ft": {"iterations": 700},
-    "c_matched_refined3": {"iterations": 700},
-    "c_matched_refined4": {"iterations": 700},
-    "c_matched_refined5": {"iterations": 700},
-    "c_matched_refined6": {"iterations": 700},
 }
+SEGMENTER.update({f"c_matched_refined{k}": {"iterations": 700} for k in FINE_TUNED_ROUNDS})
 
 _HAEMATOXYLIN = {"refine_outlines": "haematoxylin"}
 _BACKGROUND = {**_HAEMATOXYLIN, "refine_pointless": "background"}
@@ -220,12 +207,14 @@ REFINED = {
     "c_matched_refined": ("c_real_matched", _HAEMATOXYLIN),
     "c_refined_plain": ("c_real_plain", _HAEMATOXYLIN),
     "c_matched_refined2": ("c_matched_refined", _HAEMATOXYLIN),
-    "c_matched_refined3": ("c_matched_refined2", {**_HAEMATOXYLIN, "refine_student_init": "teacher"}),
-    "c_matched_refined4": ("c_matched_refined3", {**_HAEMATOXYLIN, "refine_student_init": "teacher"}),
-    "c_matched_refined5": ("c_matched_refined4", {**_HAEMATOXYLIN, "refine_student_init": "teacher"}),
-    "c_matched_refined6": ("c_matched_refined5", {**_HAEMATOXYLIN, "refine_student_init": "teacher"}),
     "c_refined2_ft": ("c_refined", {**_HAEMATOXYLIN, "refine_student_init": "teacher"}),
 }
+REFINED.update(
+    {
+        f"c_matched_refined{k}": (f"c_matched_refined{k - 1}", {**_HAEMATOXYLIN, "refine_student_init": "teacher"})
+        for k in FINE_TUNED_ROUNDS
+    }
+)
 
 
 def with_teachers(rows: list[str]) -> list[str]:

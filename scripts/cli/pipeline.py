@@ -58,7 +58,7 @@ class Profile(NamedTuple):
 #: refine rounds of the main job: the second (fine-tuned) round adds ~0.01 AJI on MoNuSeg for ~8 minutes
 DEFAULT_REFINE_ROUNDS = 2
 
-#: the later rounds of ``cpu`` are the compare row ``c_matched_refined3``'s recipe (teacher init, 700 iterations);
+#: the later rounds of ``cpu`` are the recipe of the compare rows ``c_matched_refined3``-``6`` (teacher init, 700 it.);
 #: ``tiny`` is the ``cpu`` segmenter recipe with a shorter schedule on smaller crops
 _FINE_TUNE = {"refine_student_init": "teacher"}
 PROFILES = {
@@ -114,7 +114,7 @@ def pipeline(
             for the rounds before the last, the last in ``refine/``); every round's model is evaluated. The first
             student trains from scratch, every later one fine-tunes its teacher on a shorter schedule (``cpu``: 700
             iterations, as the compare rows ``c_refined2_ft`` and ``c_matched_refined3``). ``cpu`` on MoNuSeg: 2
-            rounds fit the 75-minute budget, 3 (the shipped model's chain) take ~77 minutes.
+            rounds take ~69 minutes in all, 3 ~77 (the shipped model's chain has 5).
         colour_match: ``reinhard`` (since 0.10.0): each synthetic image takes the LAB colour statistics of a random
             real training tile (``synthesize.json``'s ``colour_match``; the compare rows ``c_real_matched`` and
             ``c_matched_refined*``); ``none``: the generator's colours (the rows ``c_real``, ``c_refined*``).
