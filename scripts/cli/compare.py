@@ -24,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from scripts.cli.pipeline import CONFIGS, run_workflow
+from scripts.cli.pipeline import CONFIGS, PROFILES, run_workflow
 from scripts.data.atomic import atomic_path
 from scripts.engines.checkpoint import latest_checkpoint
 from scripts.evaluation.evaluate import COLUMN_LABELS, format_comparison
 
-__all__ = ["REFINED", "ROWS", "SEGMENTER", "coherence", "compare"]
+__all__ = ["REFINED", "ROWS", "SEGMENTER", "coherence", "compare", "refine_settings"]
 
 #: row id -> (row name, training data, GAN ablation file or None, point source)
 ROWS = {
@@ -158,7 +158,7 @@ ROWS = {
     ),
 }
 
-#: later rounds on the colour-matched chain: from round 3 on each student fine-tunes its teacher (700 iterations)
+#: later rounds on the colour-matched chain: from round 3 on each student fine-tunes its teacher (refine_settings)
 FINE_TUNED_ROUNDS = range(3, 7)
 ROWS.update(
     {
@@ -186,14 +186,12 @@ SEGMENTER = {
     "pseudo_long": {"iterations": 1800},
     "c_real_plain": {"appearance_randomisation": False},
     "pseudo_appearance": {"appearance_randomisation": True},
-    "c_refined2_ft": {"iterations": 700},
 }
-SEGMENTER.update({f"c_matched_refined{k}": {"iterations": 700} for k in FINE_TUNED_ROUNDS})
 
 _HAEMATOXYLIN = {"refine_outlines": "haematoxylin"}
 _BACKGROUND = {**_HAEMATOXYLIN, "refine_pointless": "background"}
 #: refined row -> (the row whose segmenter is its teacher, run first when it is not among the rows; its
-#: ``refine.json`` settings)
+#: ``refine.json`` settings: :func:`refine_settings`)
 REFINED = {
     "pseudo_refined": ("pseudo", {"refine_outlines": "teacher"}),
     "pseudo_refined2": ("pseudo_refined", {"refine_outlines": "teacher"}),
@@ -215,6 +213,16 @@ REFINED.update(
         for k in FINE_TUNED_ROUNDS
     }
 )
+
+
+def refine_settings(row: str, profile: str) -> dict:
+    """The ``refine.json`` settings of the refined ``row`` under ``profile``: a student that starts from its teacher
+    (``refine_student_init: teacher``) trains on the profile's later-round schedule, as in the main job
+    (``pipeline.PROFILES[profile].refine_later``: ``cpu`` 700 iterations instead of 1400)."""
+    settings = REFINED[row][1]
+    if settings.get("refine_student_init") == "teacher":
+        settings = {**settings, **PROFILES[profile].refine_later}
+    return settings
 
 
 def with_teachers(rows: list[str]) -> list[str]:
@@ -381,7 +389,7 @@ def _compare_seed(
                 )
                 seg["synthetic_datalist"] = str(synthetic_dir / "datalist.json")
             if row in REFINED:
-                teacher, settings = REFINED[row]
+                teacher, settings = REFINED[row][0], refine_settings(row, profile)
                 seconds = run_workflow(
                     f"{row} (seed {seed}): refine",
                     "refine",

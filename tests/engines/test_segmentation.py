@@ -493,7 +493,16 @@ def test_evaluating_from_the_command_line(tmp_path):
 
 def test_every_synthetic_row_has_its_gan_folder_and_pairs():
     """Rows of one GAN share its run folder; rows with other synthesis settings or GANs get their own pairs."""
-    from scripts.cli.compare import GANS, REFINED, ROWS, SEGMENTER, SYNTHESIS, with_teachers
+    from scripts.cli.compare import (
+        FINE_TUNED_ROUNDS,
+        GANS,
+        REFINED,
+        ROWS,
+        SEGMENTER,
+        SYNTHESIS,
+        refine_settings,
+        with_teachers,
+    )
     from scripts.engines.refine import OUTLINES, STUDENT_INIT
     from transforms.point_labels import POINTLESS
 
@@ -525,6 +534,9 @@ def test_every_synthetic_row_has_its_gan_folder_and_pairs():
     assert with_teachers(["c_real", "upper", "c_refined2"]) == ["c_real", "upper", "c_refined", "c_refined2"]
     chain = ["c_matched_refined2", "c_matched_refined3", "c_matched_refined4"]
     assert with_teachers(["c_matched_refined4"])[-3:] == chain
-    # the fine-tuned rounds: the student starts from its teacher and trains half the schedule
-    for row in ("c_refined2_ft", *(f"c_matched_refined{k}" for k in range(3, 7))):
-        assert REFINED[row][1]["refine_student_init"] == "teacher" and SEGMENTER[row] == {"iterations": 700}, row
+    # the fine-tuned rounds: the student starts from its teacher and trains the main job's later-round schedule
+    for row in ("c_refined2_ft", *(f"c_matched_refined{k}" for k in FINE_TUNED_ROUNDS)):
+        cpu = refine_settings(row, "cpu")
+        assert cpu["refine_student_init"] == "teacher" and cpu["iterations"] == 700 and row not in SEGMENTER, row
+        assert "iterations" not in refine_settings(row, "smoke")  # the smoke schedule as it is
+    assert "iterations" not in refine_settings("c_matched_refined2", "cpu")  # a student from scratch: full schedule
