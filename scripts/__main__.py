@@ -20,13 +20,25 @@ import fire
 
 def _commands() -> dict:
     from scripts.bench import Bench
-    from scripts.cli import compare, demo, export, figures, fit_points, pipeline, prepare, release, synthesis_report
+    from scripts.cli import (
+        compare,
+        demo,
+        export,
+        figures,
+        fit_points,
+        gan_selection,
+        pipeline,
+        prepare,
+        release,
+        synthesis_report,
+    )
 
     return {
         "prepare": prepare.prepare,
         "pipeline": pipeline.pipeline,
         "compare": compare.compare,
         "coherence": compare.coherence,
+        "gan_selection": gan_selection.gan_selection,
         "demo": demo.demo,
         "bench": Bench,
         "synthesis_report": synthesis_report.synthesis_report,

@@ -26,7 +26,7 @@ import numpy as np
 
 from scripts.cli.pipeline import CONFIGS, PROFILES, run_workflow
 from scripts.data.atomic import atomic_path
-from scripts.engines.checkpoint import latest_checkpoint
+from scripts.engines.checkpoint import latest_checkpoint, list_checkpoints
 from scripts.evaluation.evaluate import COLUMN_LABELS, format_comparison
 
 __all__ = ["REFINED", "ROWS", "SEGMENTER", "coherence", "compare", "refine_settings"]
@@ -243,7 +243,7 @@ def compare(
     seeds: str | int | tuple = "0",
     gan_a: str | None = None,
     gan_c: str | None = None,
-    gan_checkpoint: str = "best",
+    gan_checkpoint: str | int = "best",
     masks_per_tile: int = 2,
     draws_per_mask: int = 2,
     random_tiles: int = 92,
@@ -292,7 +292,8 @@ def compare(
         gan_a, gan_c: finished GAN run folders to use as they are (for every seed); by default
             ``output/seed<k>/gan_a`` and ``gan_c``, trained there (or resumed) with the ``profile`` settings first.
         gan_checkpoint: which ``G`` renders the synthetic pairs: ``best`` (the run's ``best.pt``, picked by point F1
-            and stain distance) or ``last`` (its newest ``checkpoints/checkpoint_<iteration>.pt``). Rows already
+            and stain distance), ``last`` (its newest ``checkpoints/checkpoint_<iteration>.pt``) or an iteration
+            (``checkpoints/checkpoint_<iteration>.pt``, e.g. of a run with ``keep_checkpoints`` raised). Rows already
             evaluated in ``output`` are reused as they are: compare the two in separate ``output`` folders.
         masks_per_tile, draws_per_mask: synthetic pairs per real point set (23 tiles x 2 x 2 = 92 pairs).
         random_tiles: fully random point sets (one mask, one image each).
@@ -339,7 +340,7 @@ def _compare_seed(
     seed: int,
     gan_a: str | None,
     gan_c: str | None,
-    gan_checkpoint: str,
+    gan_checkpoint: str | int,
     counts_per_tile: tuple[int, int],
     random_tiles: int,
 ) -> dict[str, dict]:
@@ -427,7 +428,7 @@ def coherence(
     profile: str = "cpu",
     gans: str = "a=runs/synthesis_cpu_a,b=runs/synthesis_cpu_b,c=runs/synthesis_cpu_c",
     model: str | None = None,
-    gan_checkpoint: str = "best",
+    gan_checkpoint: str | int = "best",
     seed: int = 0,
 ) -> None:
     """Mask-image coherence: does a segmenter trained on real data find the nuclei of ``S`` in ``G(S)``?
@@ -439,7 +440,7 @@ def coherence(
     Args:
         gans: comma-separated ``name=run folder`` pairs; the ablation file is picked from the name's first letter
             (``a``, ``b`` or ``c``: ``c_long=runs/my_gan`` is a (c) run).
-        gan_checkpoint: ``best`` (each run's ``best.pt``) or ``last`` (its newest checkpoint).
+        gan_checkpoint: ``best`` (each run's ``best.pt``), ``last`` (its newest checkpoint) or an iteration.
     """
     ablations = {"a": "ablation_a_cyclegan.json", "b": "ablation_b_noise.json", "c": "ablation_c_full.json"}
     out = Path(output)
@@ -485,17 +486,24 @@ def coherence(
     )
 
 
-def _check_gan_checkpoint(which: str) -> None:
-    if which not in ("best", "last"):
-        raise SystemExit(f"error: gan_checkpoint must be 'best' or 'last', got {which!r}")
+def _check_gan_checkpoint(which: str | int) -> None:
+    if str(which) not in ("best", "last") and not str(which).isdigit():
+        raise SystemExit(f"error: gan_checkpoint must be 'best', 'last' or an iteration (e.g. 500), got {which!r}")
 
 
-def _generator_checkpoint(gan_dir: Path, which: str) -> Path:
-    """``gan_dir/best.pt`` or the run's newest ``checkpoints/checkpoint_<iteration>.pt``."""
+def _generator_checkpoint(gan_dir: Path, which: str | int) -> Path:
+    """``gan_dir/best.pt``, the run's newest ``checkpoints/checkpoint_<iteration>.pt`` (``last``) or the one of a
+    given iteration."""
     if which == "best":
         if not (gan_dir / "best.pt").is_file():
             raise SystemExit(f"error: {gan_dir / 'best.pt'}: not found; is {gan_dir} a finished GAN run?")
         return gan_dir / "best.pt"
+    if str(which).isdigit():
+        path = gan_dir / "checkpoints" / f"checkpoint_{int(which):08d}.pt"
+        if not path.is_file():
+            kept = [p.name for p in list_checkpoints(gan_dir / "checkpoints")]
+            raise SystemExit(f"error: {path}: not found (gan_checkpoint={which}); the run keeps {kept}")
+        return path
     newest = latest_checkpoint(gan_dir / "checkpoints")
     if newest is None:
         raise SystemExit(f"error: {gan_dir / 'checkpoints'}: no checkpoint_<iteration>.pt (gan_checkpoint='last')")

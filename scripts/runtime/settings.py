@@ -119,7 +119,10 @@ def _flag_or_auto(name: str, value: Any) -> None:
 
 #: the user-facing settings of the bundle workflows and what each allows
 RULES: dict[str, Callable[[str, Any], None]] = {
-    **{k: _integer(1) for k in ("iterations", "batch_size", "epoch_length", "val_interval", "sw_batch_size")},
+    **{
+        k: _integer(1)
+        for k in ("iterations", "batch_size", "epoch_length", "val_interval", "keep_checkpoints", "sw_batch_size")
+    },
     **{k: _integer(1) for k in ("region_size", "random_tiles", "masks_per_tile", "draws_per_mask", "overlay_size")},
     **{k: _integer(1) for k in ("ngf", "ndf", "spade_hidden")},
     **{k: _integer(16) for k in ("crop_size", "roi_size")},

@@ -452,7 +452,7 @@ def test_compare_and_coherence_write_their_tables(tmp_path):
         coherence(data=str(SAMPLE), output=str(out), profile="smoke", gans=f"d={seed0 / 'gan_c'}")
     with pytest.raises(SystemExit, match="best.pt: not found"):  # a given GAN folder is used as is, never trained
         compare(data=str(SAMPLE), output=str(tmp_path / "other"), rows="c_real", gan_c=str(tmp_path / "no_gan"))
-    with pytest.raises(SystemExit, match="gan_checkpoint must be 'best' or 'last'"):
+    with pytest.raises(SystemExit, match="gan_checkpoint must be .best., .last. or an iteration"):
         compare(data=str(SAMPLE), output=str(out), rows="c_real", gan_checkpoint="newest")
     with pytest.raises(SystemExit, match="unknown rows"):
         compare(data=str(SAMPLE), output=str(out), rows="upper,best")
