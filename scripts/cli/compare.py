@@ -29,7 +29,16 @@ from scripts.data.atomic import atomic_path
 from scripts.engines.checkpoint import latest_checkpoint, list_checkpoints
 from scripts.evaluation.evaluate import COLUMN_LABELS, format_comparison
 
-__all__ = ["REFINED", "ROWS", "SEGMENTER", "coherence", "compare", "refine_settings"]
+__all__ = [
+    "ALL_FINE_TUNED_ROUNDS",
+    "FINE_TUNED_ROUNDS",
+    "REFINED",
+    "ROWS",
+    "SEGMENTER",
+    "coherence",
+    "compare",
+    "refine_settings",
+]
 
 #: row id -> (row name, training data, GAN ablation file or None, point source)
 ROWS = {
@@ -172,6 +181,20 @@ ROWS.update(
     }
 )
 
+#: the colour-matched chain with every round fine-tuned, the first from the synthetic-pair segmenter itself
+ALL_FINE_TUNED_ROUNDS = range(1, 4)
+ROWS.update(
+    {
+        f"c_matched_ft{k}": (
+            f"(c) colour-matched pairs, {k} refine rounds, every student fine-tuned from its teacher",
+            "refined",
+            None,
+            None,
+        )
+        for k in ALL_FINE_TUNED_ROUNDS
+    }
+)
+
 #: GAN ablation file -> the name of its run folder (``gan_<name>``) and synthetic pairs (``synthetic_<name>_<points>``)
 GANS = {"ablation_a_cyclegan.json": "a", "ablation_c_full.json": "c", "ablation_c_mixed.json": "c_mixed"}
 
@@ -211,6 +234,15 @@ REFINED.update(
     {
         f"c_matched_refined{k}": (f"c_matched_refined{k - 1}", {**_HAEMATOXYLIN, "refine_student_init": "teacher"})
         for k in FINE_TUNED_ROUNDS
+    }
+)
+REFINED.update(
+    {
+        f"c_matched_ft{k}": (
+            "c_real_matched" if k == 1 else f"c_matched_ft{k - 1}",
+            {**_HAEMATOXYLIN, "refine_student_init": "teacher"},
+        )
+        for k in ALL_FINE_TUNED_ROUNDS
     }
 )
 
@@ -272,7 +304,8 @@ def compare(
             ``colour_match: reinhard``); ``c_matched_refined`` refines with the ``c_real_matched`` teacher,
             ``c_matched_refined2`` to ``c_matched_refined6`` add rounds 2 to 6 (each taught by the round before;
             from round 3 on the student fine-tunes its teacher for 700 iterations, as ``c_refined2_ft``);
-            ``c_refined2_ft`` is
+            ``c_matched_ft1`` to ``c_matched_ft3`` are the same chain with every student fine-tuned from its
+            teacher for 700 iterations, the first from ``c_real_matched`` itself; ``c_refined2_ft`` is
             ``c_refined2`` with the student starting from its teacher's weights (``refine_student_init: teacher``)
             and trained for 700 iterations instead of 1400;
             ``c_refined_bg`` and ``pseudo_refined_bg`` are ``c_refined`` and ``pseudo_refined_h`` with
