@@ -49,6 +49,8 @@ def gan_selection(
     seed: int = 0,
     features: str | None = None,
     crop_size: int = 256,
+    gan_iterations: int | None = None,
+    checkpoints: str | int | tuple | None = None,
 ) -> dict:
     """Train one (c) GAN keeping a checkpoint per epoch, a ``c_real`` segmenter per checkpoint, and rank the scores.
 
@@ -63,6 +65,9 @@ def gan_selection(
         features: a segmenter ``model.pt`` of the profile's network trained on real tiles, whose encoder gives the
             KID features (``None``: no KID column).
         crop_size: side of the crops compared by the KID.
+        gan_iterations: length of the GAN run (default: the profile's, ``cpu`` 1000; its learning rate decays over
+            the last quarter).
+        checkpoints: comma-separated iterations that get a segmenter (default: every validated checkpoint).
     """
     out = Path(output)
     gan_dir = out / "gan_c"
@@ -70,6 +75,7 @@ def gan_selection(
     gan_files.append(CONFIGS / "ablation_c_full.json")
     if features is not None and not Path(features).is_file():
         raise SystemExit(f"error: features: {features}: not found (a segmenter model.pt of the {profile} profile)")
+    length = {} if gan_iterations is None else {"iterations": int(gan_iterations)}
     run_workflow(
         "GAN, every epoch validated and kept",
         "training",
@@ -79,15 +85,17 @@ def gan_selection(
         seed=seed,
         val_interval=1,
         keep_checkpoints=1000,
+        **length,
     )
     rounds = {r["iteration"]: r for r in read_rounds(gan_dir)}
+    chosen = _iterations(checkpoints, sorted(rounds))
     encoder = _encoder(features, profile) if features is not None else None
     real = _real_crops(data, seed, crop_size) if encoder is not None else None
     results = []
     for checkpoint in list_checkpoints(gan_dir / "checkpoints"):
         iteration = int(checkpoint.stem.split("_")[1])
-        if iteration not in rounds:
-            continue  # not validated (a resumed run's extra checkpoint)
+        if iteration not in rounds or iteration not in chosen:
+            continue  # not asked for, or not validated (a resumed run's extra checkpoint)
         folder = out / f"iteration_{iteration}"
         compare(data, str(folder), profile, "c_real", str(seed), gan_c=str(gan_dir), gan_checkpoint=iteration)
         seed_dir = folder / f"seed{seed}"
@@ -100,10 +108,27 @@ def gan_selection(
             row["kid_real_features"] = kid_to_real(encoder, images, real, crop_size, seed)
         results.append(row)
     if len(results) < 2:
-        raise SystemExit(f"error: {gan_dir}: fewer than two validated checkpoints; nothing to rank")
+        raise SystemExit(f"error: {gan_dir}: fewer than two validated checkpoints chosen; nothing to rank")
     report = _report(results)
     _write(out / "selection", report)
     return report
+
+
+def _iterations(checkpoints: str | int | tuple | None, validated: list[int]) -> list[int]:
+    """The iterations asked for (all ``validated`` ones by default); each must be validated."""
+    if checkpoints is None:
+        return validated
+    values = checkpoints.split(",") if isinstance(checkpoints, str) else checkpoints
+    values = values if isinstance(values, (list, tuple)) else [values]
+    try:
+        chosen = [int(v) for v in values if str(v).strip()]
+    except ValueError:
+        message = f"error: checkpoints must be comma-separated iterations, e.g. 500,1000; got {checkpoints!r}"
+        raise SystemExit(message) from None
+    missing = [v for v in chosen if v not in validated]
+    if missing:
+        raise SystemExit(f"error: checkpoints {missing} were not validated by the GAN run; it has {validated}")
+    return chosen
 
 
 def spearman(values: list[float], targets: list[float]) -> float:

@@ -66,6 +66,10 @@ def test_gan_selection_trains_a_segmenter_per_checkpoint_and_ranks_the_scores(tm
     assert all(math.isfinite(r["kid_real_features"]) for r in again["checkpoints"])
     assert "kid_real_features" in json.loads((out / "selection.json").read_text())["predictors"]
 
+    with pytest.raises(SystemExit, match="fewer than two validated checkpoints"):  # one checkpoint chosen
+        gan_selection(data=str(SAMPLE), output=str(out), profile="smoke", checkpoints="4")
+    with pytest.raises(SystemExit, match=r"checkpoints \[3\] were not validated by the GAN run; it has \[2, 4\]"):
+        gan_selection(data=str(SAMPLE), output=str(out), profile="smoke", checkpoints="2,3")
     with pytest.raises(SystemExit, match="features: .*not found"):
         gan_selection(data=str(SAMPLE), output=str(out), profile="smoke", features=str(tmp_path / "none.pt"))
     with pytest.raises(SystemExit, match="checkpoint_00000003.pt: not found"):
