@@ -214,7 +214,7 @@ def _write(stem: Path, report: dict) -> None:
     columns = [k for k in SCORES if all(k in r for r in report["checkpoints"])]
     lines = ["| iteration | segmenter AJI | PQ | " + " | ".join(columns) + " |", "|---" * (3 + len(columns)) + "|"]
     for r in report["checkpoints"]:
-        values = " | ".join(f"{r[k]:.4f}" for k in columns)
+        values = " | ".join(f"{r[k]:.4g}" for k in columns)
         lines.append(f"| {r['iteration']} | {r['aji']:.4f} | {r['pq']:.4f} | {values} |")
     lines += ["", "| score | Spearman with AJI | picks iteration | its AJI | AJI lost |", "|---|---|---|---|---|"]
     for name, p in report["predictors"].items():
