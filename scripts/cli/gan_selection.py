@@ -75,7 +75,10 @@ def gan_selection(
     gan_files.append(CONFIGS / "ablation_c_full.json")
     if features is not None and not Path(features).is_file():
         raise SystemExit(f"error: features: {features}: not found (a segmenter model.pt of the {profile} profile)")
-    length = {} if gan_iterations is None else {"iterations": int(gan_iterations)}
+    asked = _parse_iterations(checkpoints)
+    if gan_iterations is not None and (not isinstance(gan_iterations, int) or gan_iterations < 1):
+        raise SystemExit(f"error: gan_iterations must be an integer >= 1, got {gan_iterations!r}")
+    length = {} if gan_iterations is None else {"iterations": gan_iterations}
     run_workflow(
         "GAN, every epoch validated and kept",
         "training",
@@ -88,7 +91,7 @@ def gan_selection(
         **length,
     )
     rounds = {r["iteration"]: r for r in read_rounds(gan_dir)}
-    chosen = _iterations(checkpoints, sorted(rounds))
+    chosen = _chosen(asked, sorted(rounds))
     encoder = _encoder(features, profile) if features is not None else None
     real = _real_crops(data, seed, crop_size) if encoder is not None else None
     results = []
@@ -114,21 +117,27 @@ def gan_selection(
     return report
 
 
-def _iterations(checkpoints: str | int | tuple | None, validated: list[int]) -> list[int]:
-    """The iterations asked for (all ``validated`` ones by default); each must be validated."""
+def _parse_iterations(checkpoints: str | int | tuple | None) -> list[int] | None:
+    """``checkpoints`` as a list of iterations (``None``: all), checked before anything runs."""
     if checkpoints is None:
-        return validated
+        return None
     values = checkpoints.split(",") if isinstance(checkpoints, str) else checkpoints
     values = values if isinstance(values, (list, tuple)) else [values]
     try:
-        chosen = [int(v) for v in values if str(v).strip()]
+        return [int(v) for v in values if str(v).strip()]
     except ValueError:
         message = f"error: checkpoints must be comma-separated iterations, e.g. 500,1000; got {checkpoints!r}"
         raise SystemExit(message) from None
-    missing = [v for v in chosen if v not in validated]
+
+
+def _chosen(asked: list[int] | None, validated: list[int]) -> list[int]:
+    """The iterations asked for (all ``validated`` ones by default); each must be validated."""
+    if asked is None:
+        return validated
+    missing = [v for v in asked if v not in validated]
     if missing:
         raise SystemExit(f"error: checkpoints {missing} were not validated by the GAN run; it has {validated}")
-    return chosen
+    return asked
 
 
 def spearman(values: list[float], targets: list[float]) -> float:
