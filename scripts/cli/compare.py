@@ -30,13 +30,13 @@ from scripts.engines.checkpoint import latest_checkpoint, list_checkpoints
 from scripts.evaluation.evaluate import COLUMN_LABELS, format_comparison
 
 __all__ = [
-    "ALL_FINE_TUNED_ROUNDS",
-    "FINE_TUNED_ROUNDS",
+    "FINE_TUNED_CHAINS",
     "REFINED",
     "ROWS",
     "SEGMENTER",
     "coherence",
     "compare",
+    "integer_list",
     "refine_settings",
 ]
 
@@ -167,33 +167,24 @@ ROWS = {
     ),
 }
 
-#: later rounds on the colour-matched chain: from round 3 on each student fine-tunes its teacher (refine_settings)
-FINE_TUNED_ROUNDS = range(3, 7)
-ROWS.update(
-    {
-        f"c_matched_refined{k}": (
-            f"(c) colour-matched pairs, {k} refine rounds, fine-tuned from round 3 (teacher: c_matched_refined{k - 1})",
-            "refined",
-            None,
-            None,
-        )
-        for k in FINE_TUNED_ROUNDS
-    }
-)
-
-#: the colour-matched chain with every round fine-tuned, the first from the synthetic-pair segmenter itself
-ALL_FINE_TUNED_ROUNDS = range(1, 4)
-ROWS.update(
-    {
-        f"c_matched_ft{k}": (
-            f"(c) colour-matched pairs, {k} refine rounds, every student fine-tuned from its teacher",
-            "refined",
-            None,
-            None,
-        )
-        for k in ALL_FINE_TUNED_ROUNDS
-    }
-)
+#: fine-tuned refine chains: row prefix -> (its rounds, the teacher of its first round when that is round 1, row name);
+#: each round's teacher is the round before, and each student fine-tunes its teacher (:func:`refine_settings`)
+FINE_TUNED_CHAINS = {
+    # the colour-matched chain's rounds 3-6 (rounds 1-2, ``c_matched_refined`` and ``2``, train from scratch)
+    "c_matched_refined": (
+        range(3, 7),
+        None,
+        "(c) colour-matched pairs, {k} refine rounds, fine-tuned from round 3 (teacher: c_matched_refined{previous})",
+    ),
+    # the same chain with every round fine-tuned, the first from the synthetic-pair segmenter itself
+    "c_matched_ft": (
+        range(1, 4),
+        "c_real_matched",
+        "(c) colour-matched pairs, {k} refine rounds, every student fine-tuned from its teacher",
+    ),
+}
+for _prefix, (_rounds, _, _name) in FINE_TUNED_CHAINS.items():
+    ROWS.update({f"{_prefix}{k}": (_name.format(k=k, previous=k - 1), "refined", None, None) for k in _rounds})
 
 #: GAN ablation file -> the name of its run folder (``gan_<name>``) and synthetic pairs (``synthetic_<name>_<points>``)
 GANS = {"ablation_a_cyclegan.json": "a", "ablation_c_full.json": "c", "ablation_c_mixed.json": "c_mixed"}
@@ -230,21 +221,16 @@ REFINED = {
     "c_matched_refined2": ("c_matched_refined", _HAEMATOXYLIN),
     "c_refined2_ft": ("c_refined", {**_HAEMATOXYLIN, "refine_student_init": "teacher"}),
 }
-REFINED.update(
-    {
-        f"c_matched_refined{k}": (f"c_matched_refined{k - 1}", {**_HAEMATOXYLIN, "refine_student_init": "teacher"})
-        for k in FINE_TUNED_ROUNDS
-    }
-)
-REFINED.update(
-    {
-        f"c_matched_ft{k}": (
-            "c_real_matched" if k == 1 else f"c_matched_ft{k - 1}",
-            {**_HAEMATOXYLIN, "refine_student_init": "teacher"},
-        )
-        for k in ALL_FINE_TUNED_ROUNDS
-    }
-)
+for _prefix, (_rounds, _first, _) in FINE_TUNED_CHAINS.items():
+    REFINED.update(
+        {
+            f"{_prefix}{k}": (
+                _first if k == 1 else f"{_prefix}{k - 1}",
+                {**_HAEMATOXYLIN, "refine_student_init": "teacher"},
+            )
+            for k in _rounds
+        }
+    )
 
 
 def refine_settings(row: str, profile: str) -> dict:
@@ -336,7 +322,7 @@ def compare(
     if unknown:
         raise SystemExit(f"error: unknown rows {unknown}; choose among {list(ROWS)}")
     selected = with_teachers(selected)
-    seed_list = _seeds(seeds)
+    seed_list = integer_list(seeds, "seeds", "0,1")
     _check_gan_checkpoint(gan_checkpoint)
     out = Path(output)
     per_seed: dict[int, dict[str, dict]] = {}
@@ -348,20 +334,18 @@ def compare(
     _write_seed_table(out / "comparison", f"Comparison on the validation tiles of {data} ({profile} profile)", per_seed)
 
 
-def _seeds(seeds: str | int | tuple) -> list[int]:
+def integer_list(value: str | int | tuple, name: str, example: str) -> list[int]:
+    """A command-line list of distinct integers (``"0,1"``, a tuple from ``fire`` or one integer); a bad one stops
+    with one error line naming ``name``."""
     values = (
-        [s.strip() for s in seeds.split(",")]
-        if isinstance(seeds, str)
-        else list(seeds)
-        if isinstance(seeds, (list, tuple))
-        else [seeds]
+        value.split(",") if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else [value]
     )
     try:
-        parsed = [int(s) for s in values if str(s) != ""]
+        parsed = [int(v) for v in values if str(v).strip() != ""]
     except ValueError:
-        raise SystemExit(f"error: seeds must be comma-separated integers, e.g. 0,1; got {seeds!r}") from None
+        raise SystemExit(f"error: {name} must be comma-separated integers, e.g. {example}; got {value!r}") from None
     if not parsed or len(set(parsed)) != len(parsed):
-        raise SystemExit(f"error: seeds must be distinct integers, e.g. 0,1; got {seeds!r}")
+        raise SystemExit(f"error: {name} must be distinct integers, e.g. {example}; got {value!r}")
     return parsed
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scripts.cli.compare import compare
+from scripts.cli.compare import compare, integer_list
 from scripts.cli.pipeline import CONFIGS, run_workflow
 from scripts.cli.synthesis_report import read_rounds
 from scripts.data.atomic import atomic_path
@@ -75,7 +75,7 @@ def gan_selection(
     gan_files.append(CONFIGS / "ablation_c_full.json")
     if features is not None and not Path(features).is_file():
         raise SystemExit(f"error: features: {features}: not found (a segmenter model.pt of the {profile} profile)")
-    asked = _parse_iterations(checkpoints)
+    asked = None if checkpoints is None else integer_list(checkpoints, "checkpoints", "500,1000")
     if gan_iterations is not None and (not isinstance(gan_iterations, int) or gan_iterations < 1):
         raise SystemExit(f"error: gan_iterations must be an integer >= 1, got {gan_iterations!r}")
     length = {} if gan_iterations is None else {"iterations": gan_iterations}
@@ -97,7 +97,7 @@ def gan_selection(
     results = []
     for checkpoint in list_checkpoints(gan_dir / "checkpoints"):
         iteration = int(checkpoint.stem.split("_")[1])
-        if iteration not in rounds or iteration not in chosen:
+        if iteration not in chosen:
             continue  # not asked for, or not validated (a resumed run's extra checkpoint)
         folder = out / f"iteration_{iteration}"
         compare(data, str(folder), profile, "c_real", str(seed), gan_c=str(gan_dir), gan_checkpoint=iteration)
@@ -115,19 +115,6 @@ def gan_selection(
     report = _report(results)
     _write(out / "selection", report)
     return report
-
-
-def _parse_iterations(checkpoints: str | int | tuple | None) -> list[int] | None:
-    """``checkpoints`` as a list of iterations (``None``: all), checked before anything runs."""
-    if checkpoints is None:
-        return None
-    values = checkpoints.split(",") if isinstance(checkpoints, str) else checkpoints
-    values = values if isinstance(values, (list, tuple)) else [values]
-    try:
-        return [int(v) for v in values if str(v).strip()]
-    except ValueError:
-        message = f"error: checkpoints must be comma-separated iterations, e.g. 500,1000; got {checkpoints!r}"
-        raise SystemExit(message) from None
 
 
 def _chosen(asked: list[int] | None, validated: list[int]) -> list[int]:

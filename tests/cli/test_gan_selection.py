@@ -70,7 +70,7 @@ def test_gan_selection_trains_a_segmenter_per_checkpoint_and_ranks_the_scores(tm
         gan_selection(data=str(SAMPLE), output=str(out), profile="smoke", checkpoints="4")
     with pytest.raises(SystemExit, match=r"checkpoints \[3\] were not validated by the GAN run; it has \[2, 4\]"):
         gan_selection(data=str(SAMPLE), output=str(out), profile="smoke", checkpoints="2,3")
-    with pytest.raises(SystemExit, match="checkpoints must be comma-separated iterations"):  # before any training
+    with pytest.raises(SystemExit, match="checkpoints must be comma-separated integers"):  # before any training
         gan_selection(data=str(SAMPLE), output=str(tmp_path / "never"), profile="smoke", checkpoints="x,y")
     with pytest.raises(SystemExit, match="gan_iterations must be an integer >= 1, got 'many'"):
         gan_selection(data=str(SAMPLE), output=str(tmp_path / "never"), profile="smoke", gan_iterations="many")

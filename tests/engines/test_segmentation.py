@@ -494,8 +494,7 @@ def test_evaluating_from_the_command_line(tmp_path):
 def test_every_synthetic_row_has_its_gan_folder_and_pairs():
     """Rows of one GAN share its run folder; rows with other synthesis settings or GANs get their own pairs."""
     from scripts.cli.compare import (
-        ALL_FINE_TUNED_ROUNDS,
-        FINE_TUNED_ROUNDS,
+        FINE_TUNED_CHAINS,
         GANS,
         REFINED,
         ROWS,
@@ -536,9 +535,9 @@ def test_every_synthetic_row_has_its_gan_folder_and_pairs():
     chain = ["c_matched_refined2", "c_matched_refined3", "c_matched_refined4"]
     assert with_teachers(["c_matched_refined4"])[-3:] == chain
     # the fine-tuned rounds: the student starts from its teacher and trains the main job's later-round schedule
-    all_fine_tuned = [f"c_matched_ft{k}" for k in ALL_FINE_TUNED_ROUNDS]
+    all_fine_tuned = [f"c_matched_ft{k}" for k in FINE_TUNED_CHAINS["c_matched_ft"][0]]
     assert with_teachers(all_fine_tuned[-1:]) == ["c_real_matched", *all_fine_tuned]
-    for row in ("c_refined2_ft", *(f"c_matched_refined{k}" for k in FINE_TUNED_ROUNDS), *all_fine_tuned):
+    for row in ("c_refined2_ft", *(f"c_matched_refined{k}" for k in range(3, 7)), *all_fine_tuned):
         cpu = refine_settings(row, "cpu")
         assert cpu["refine_student_init"] == "teacher" and cpu["iterations"] == 700 and row not in SEGMENTER, row
         assert "iterations" not in refine_settings(row, "smoke")  # the smoke schedule as it is
