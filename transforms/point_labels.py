@@ -14,7 +14,8 @@
 The user's points are hard constraints on a teacher's prediction of a real tile:
 
 - a predicted nucleus holding exactly one point is kept;
-- a predicted nucleus holding several points is split among them (marker watershed on the nucleus's distance map);
+- a predicted nucleus holding several points is split among them: each of its pixels goes to the nearest point,
+  regions kept connected (a compact watershed from the points on a flat image: a Voronoi partition inside the nucleus);
 - a point left without a nucleus gets its fallback shape (a sampled ellipse), on pixels no kept nucleus covers;
 - a predicted nucleus holding no point is removed and its pixels are *ignored* by the loss, not taught as
   background (a point set may be incomplete); with ``pointless="background"`` (every nucleus of the tile carries a
@@ -32,11 +33,15 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
-__all__ = ["POINTLESS", "PointLabels", "haematoxylin_outlines", "point_constrained_labels"]
+__all__ = ["POINTLESS", "SPLIT_RULE", "PointLabels", "haematoxylin_outlines", "point_constrained_labels"]
 
 #: what a predicted nucleus holding no point becomes: ``ignore`` (all its pixels are skipped by the loss) or
 #: ``background`` (taught as background unless it touches a labelled nucleus; those stay ignored)
 POINTLESS = ("ignore", "background")
+
+#: how a predicted nucleus holding several points is split (recorded with refine labels, so that labels of an earlier
+#: rule, ``distance_watershed`` before 0.12.0, are never mixed in)
+SPLIT_RULE = "nearest_point"
 
 
 @dataclass
@@ -98,7 +103,7 @@ def point_constrained_labels(
         offset = np.array([box[0].start, box[1].start])
         local = pixel[which] - offset
         markers[local[:, 0], local[:, 1]] = which + 1
-        parts = watershed(-ndi.distance_transform_edt(region), markers, mask=region)
+        parts = watershed(np.zeros(region.shape), markers, mask=region, compactness=1.0)
         label[box][region] = parts[region]
 
     filled = np.flatnonzero(owner == 0)

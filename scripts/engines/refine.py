@@ -40,7 +40,7 @@ from scripts.evaluation.metrics import instance_metrics
 from scripts.evaluation.visualize import contours_on, grid, instances_rgb, points_on
 from scripts.inference.predict import TilePredictor
 from transforms import PointsToEllipseMask
-from transforms.point_labels import POINTLESS, PointLabels, haematoxylin_outlines, point_constrained_labels
+from transforms.point_labels import POINTLESS, SPLIT_RULE, PointLabels, haematoxylin_outlines, point_constrained_labels
 
 __all__ = ["OUTLINES", "STUDENT_INIT", "PointConstrainedLabeller", "initialise_student"]
 
@@ -155,10 +155,11 @@ class PointConstrainedLabeller:
         """Labels of another teacher or other label settings are never mixed in: ``teacher.json`` records what the
         labels of ``output_dir`` come from."""
         digest = hashlib.md5(self.teacher_path.read_bytes()).hexdigest()
-        settings = {"outlines": self.outlines, "seed": self.seed, "pointless": self.pointless}
+        settings = {"outlines": self.outlines, "seed": self.seed, "pointless": self.pointless, "split": SPLIT_RULE}
         record = self.output_dir / "teacher.json"
         if record.is_file():
-            known = {"pointless": "ignore", **json.loads(record.read_text())}  # labels from before the option
+            # labels from before the pointless option / before 0.12.0's nearest-point split
+            known = {"pointless": "ignore", "split": "distance_watershed", **json.loads(record.read_text())}
             if known.get("md5") != digest:
                 raise ValueError(
                     f"{self.output_dir}: holds labels from another teacher (md5 {known.get('md5')}, "

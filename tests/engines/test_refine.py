@@ -138,6 +138,12 @@ def test_labels_of_another_teacher_are_never_mixed_in(tmp_path):
     with pytest.raises(Exception) as error:
         _run(_refine(tmp_path / "run", refine_pointless="background"))
     assert "holds labels made with other settings" in str(clear_error(error.value))
+    record = tmp_path / "run" / "refined_labels" / "teacher.json"
+    earlier = {k: v for k, v in json.loads(record.read_text()).items() if k != "split"}  # made before 0.12.0
+    record.write_text(json.dumps(earlier))
+    with pytest.raises(Exception) as error:
+        _run(_refine(tmp_path / "run", iterations=2))
+    assert "'split': 'distance_watershed'" in str(clear_error(error.value))
     with pytest.raises(Exception) as error:
         _run(_refine(tmp_path / "new", refine_pointless="drop"))
     assert "refine_pointless must be one of" in str(clear_error(error.value))
