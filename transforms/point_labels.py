@@ -33,7 +33,15 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
-__all__ = ["POINTLESS", "SPLIT_RULE", "PointLabels", "haematoxylin_outlines", "point_constrained_labels"]
+__all__ = [
+    "POINTLESS",
+    "POINT_RULES",
+    "SPLIT_RULE",
+    "PointLabels",
+    "point_rules",
+    "haematoxylin_outlines",
+    "point_constrained_labels",
+]
 
 #: what a predicted nucleus holding no point becomes: ``ignore`` (all its pixels are skipped by the loss) or
 #: ``background`` (taught as background unless it touches a labelled nucleus; those stay ignored)
@@ -42,6 +50,9 @@ POINTLESS = ("ignore", "background")
 #: how a predicted nucleus holding several points is split (recorded with refine labels, so that labels of an earlier
 #: rule, ``distance_watershed`` before 0.12.0, are never mixed in)
 SPLIT_RULE = "nearest_point"
+
+#: the rule that labels a point's nucleus: alone in a predicted nucleus, sharing one, or without one
+POINT_RULES = ("kept", "split", "filled")
 
 
 @dataclass
@@ -81,11 +92,7 @@ def point_constrained_labels(
             f"instances and fallback must be (H, W) maps of one shape, got {instances.shape} and {np.shape(fallback)}."
         )
     points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-    h, w = instances.shape
-    pixel = np.clip(np.floor(points + 0.5).astype(np.int64), 0, [h - 1, w - 1])
-    owner = instances[pixel[:, 0], pixel[:, 1]].astype(np.int64)
-    per_nucleus = np.bincount(owner[owner > 0], minlength=int(instances.max()) + 1)
-    per_nucleus[0] = 0
+    pixel, owner, per_nucleus = _owners(instances, points)
 
     lookup = np.zeros(len(per_nucleus), dtype=np.int32)  # teacher id -> point index + 1 for single-point nuclei
     single = np.flatnonzero((owner > 0) & (per_nucleus[owner] == 1))
@@ -125,6 +132,25 @@ def point_constrained_labels(
         "removed": int(np.count_nonzero(per_nucleus[np.unique(instances[instances > 0])] == 0)),
     }
     return PointLabels(label.astype(np.int32), ignore, counts)
+
+
+def _owners(instances: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each point's pixel (N, 2), the predicted nucleus under it (N,; 0: background) and each predicted nucleus's
+    number of points (0 for the background)."""
+    h, w = instances.shape
+    pixel = np.clip(
+        np.floor(np.asarray(points, dtype=np.float64).reshape(-1, 2) + 0.5).astype(np.int64), 0, [h - 1, w - 1]
+    )
+    owner = instances[pixel[:, 0], pixel[:, 1]].astype(np.int64)
+    per_nucleus = np.bincount(owner[owner > 0], minlength=int(instances.max(initial=0)) + 1)
+    per_nucleus[0] = 0
+    return pixel, owner, per_nucleus
+
+
+def point_rules(instances: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Per point, the index into :data:`POINT_RULES` of the rule :func:`point_constrained_labels` labels it by."""
+    _, owner, per_nucleus = _owners(np.asarray(instances), points)
+    return np.where(owner == 0, 2, np.where(per_nucleus[owner] > 1, 1, 0))
 
 
 def haematoxylin_outlines(

@@ -36,11 +36,19 @@ from tqdm import tqdm
 from scripts.data.atomic import atomic_path
 from scripts.data.images import load_tile, read_label
 from scripts.engines.checkpoint import load_network_weights
-from scripts.evaluation.metrics import instance_metrics
+from scripts.evaluation.metrics import instance_metrics, iou_at_points
 from scripts.evaluation.visualize import contours_on, grid, instances_rgb, points_on
 from scripts.inference.predict import TilePredictor
-from transforms import PointsToEllipseMask
-from transforms.point_labels import POINTLESS, SPLIT_RULE, PointLabels, haematoxylin_outlines, point_constrained_labels
+from transforms import LoadPoints, PointsToEllipseMask
+from transforms.point_labels import (
+    POINT_RULES,
+    POINTLESS,
+    SPLIT_RULE,
+    PointLabels,
+    haematoxylin_outlines,
+    point_constrained_labels,
+    point_rules,
+)
 
 __all__ = ["OUTLINES", "STUDENT_INIT", "PointConstrainedLabeller", "initialise_student"]
 
@@ -222,12 +230,22 @@ class PointConstrainedLabeller:
                 dense = read_label(item["label"])
                 row["teacher_aji"] = instance_metrics(teacher, dense)["aji"]
                 row["refined_aji"] = instance_metrics(label, dense)["aji"]
+                points = LoadPoints()(item["points"], dense.shape).numpy()
+                rules, iou = point_rules(teacher, points), iou_at_points(label, dense, points)
+                for index, rule in enumerate(POINT_RULES):  # each point's nucleus against the true one under it
+                    row[f"{rule}_iou"] = [float(v) for v in iou[(rules == index) & ~np.isnan(iou)]]
             tiles.append(row)
         summary = {
             k: float(np.mean([t[k] for t in tiles]))
             for k in ("teacher_aji", "refined_aji", "ignored_fraction")
             if all(k in t for t in tiles)
         }
+        for rule in POINT_RULES:  # pooled over the tiles' points; per tile, the mean replaces the list
+            if all(f"{rule}_iou" in t for t in tiles):
+                pooled = [v for t in tiles for v in t[f"{rule}_iou"]]
+                summary[f"{rule}_iou"] = float(np.mean(pooled)) if pooled else float("nan")
+                for t in tiles:
+                    t[f"{rule}_iou"] = float(np.mean(t[f"{rule}_iou"])) if t[f"{rule}_iou"] else None
         summary.update({k: int(sum(t[k] for t in tiles)) for k in _COUNTS})
         with atomic_path(self.output_dir / "diagnostics.json") as tmp:
             tmp.write_text(json.dumps({"summary": summary, "tiles": tiles}, indent=2) + "\n")

@@ -43,6 +43,7 @@ __all__ = [
     "aji",
     "aji_plus",
     "instance_metrics",
+    "iou_at_points",
     "object_dice",
     "panoptic_quality",
     "pixel_f1",
@@ -352,6 +353,27 @@ def point_f1(
     """
     counts = _point_counts(_as_label_map(pred, "pred"), points)
     return counts if return_counts else counts["f1"]
+
+
+def iou_at_points(pred: NdarrayOrTensor, gt: NdarrayOrTensor, points: np.ndarray) -> np.ndarray:
+    """Per point ``i``: the IoU of nucleus ``i + 1`` of ``pred`` (a point-indexed map, as the refine labels) and the
+    ``gt`` nucleus under the point (``nan`` where the point lies on the ``gt`` background). (N,) float64."""
+    pred, gt = _as_pair(pred, gt)
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    pixel = np.clip(np.floor(points + 0.5).astype(np.int64), 0, np.array(gt.shape) - 1)
+    ids = np.arange(1, len(points) + 1)
+    truth = gt[pixel[:, 0], pixel[:, 1]].astype(np.int64)
+    n_gt = int(gt.max(initial=0)) + 1
+    pred_area = np.bincount(np.clip(pred.ravel(), 0, len(points) + 1), minlength=len(points) + 2)[ids]
+    gt_area = np.bincount(gt.ravel(), minlength=n_gt)[truth]
+    both = (pred > 0) & (gt > 0)
+    codes, counts = np.unique(pred[both].astype(np.int64) * n_gt + gt[both], return_counts=True)
+    wanted = ids * n_gt + truth
+    at = np.clip(np.searchsorted(codes, wanted), 0, max(len(codes) - 1, 0))
+    inter = np.where(codes[at] == wanted, counts[at], 0) if len(codes) else np.zeros(len(ids), dtype=np.int64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = inter / (pred_area + gt_area - inter)
+    return np.where(truth > 0, iou, np.nan)
 
 
 def instance_metrics(

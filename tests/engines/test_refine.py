@@ -70,6 +70,10 @@ def test_refine_labels_the_training_tiles_under_the_points_and_trains_a_student(
     )
     # reporting only: the points' constraints make the shipped model's nuclei closer to the truth
     assert diagnostics["refined_aji"] > diagnostics["teacher_aji"] + 0.02
+    # ... and per rule, each point's nucleus against the true nucleus under it (the teacher keeps most nuclei well)
+    tiles = json.loads((folder / "diagnostics.json").read_text())["tiles"]
+    assert 0.5 < diagnostics["kept_iou"] <= 1 and all(0 <= t["kept_iou"] <= 1 for t in tiles)
+    assert all(k in diagnostics for k in ("split_iou", "filled_iou"))
     assert (folder / "refine_example.png").is_file()
     assert parser.get_parsed_content("train#trainer").state.iteration == 4
     assert (tmp_path / "run" / "model.pt").is_file()

@@ -32,6 +32,7 @@ from scripts.evaluation.metrics import (
     aji,
     aji_plus,
     instance_metrics,
+    iou_at_points,
     object_dice,
     panoptic_quality,
     pixel_f1,
@@ -439,3 +440,15 @@ def test_errors() -> None:
         InstanceSegmentationMetric("dice")
     with pytest.raises(ValueError, match=r"\(B, 1, H, W\)"):
         InstanceSegmentationMetric("aji")(torch.zeros(2, 2, 8, 8), torch.zeros(2, 2, 8, 8))
+
+
+def test_iou_at_points_pairs_each_point_nucleus_with_the_true_one_under_it():
+    gt = np.zeros((20, 30), np.int32)
+    gt[2:8, 2:8] = 7  # 36 px
+    gt[10:16, 10:20] = 3  # 60 px
+    pred = np.zeros_like(gt)
+    pred[2:8, 2:5] = 1  # half of gt 7: IoU 0.5
+    pred[10:16, 10:20] = 2  # gt 3 exactly
+    points = np.array([[4.0, 3.0], [12.0, 15.0], [18.0, 25.0], [5.0, 6.0]])  # the third on background, the fourth
+    iou = iou_at_points(pred, gt, points)  # has no nucleus 4 in pred
+    assert iou[0] == pytest.approx(0.5) and iou[1] == 1.0 and np.isnan(iou[2]) and iou[3] == 0.0
