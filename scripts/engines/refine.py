@@ -50,7 +50,7 @@ from transforms.point_labels import (
     point_rules,
 )
 
-__all__ = ["OUTLINES", "STUDENT_INIT", "PointConstrainedLabeller", "initialise_student"]
+__all__ = ["OUTLINES", "STUDENT_INIT", "PointConstrainedLabeller", "initialise_student", "rule_iou"]
 
 _COUNTS = ("points", "kept", "split", "filled", "missing", "removed", "outlines_moved")
 #: where the refined nuclei's outlines come from
@@ -68,6 +68,14 @@ def initialise_student(student: torch.nn.Module, teacher_path: str | Path, init:
         raise ValueError(f"refine_student_init must be one of {STUDENT_INIT}, got {init!r}.")
     if init == "teacher":
         load_network_weights(student, teacher_path, what="teacher")  # one clear line for a missing or unfit file
+
+
+def rule_iou(teacher: np.ndarray, label: np.ndarray, dense: np.ndarray, points: np.ndarray) -> dict[str, list[float]]:
+    """Per label rule (:data:`~transforms.point_labels.POINT_RULES`, decided on the ``teacher``'s map), the IoU of each
+    point's nucleus in ``label`` with the ``dense`` nucleus under the point (points on dense background left out);
+    reporting only."""
+    rules, iou = point_rules(teacher, points), iou_at_points(label, dense, points)
+    return {rule: [float(v) for v in iou[(rules == k) & ~np.isnan(iou)]] for k, rule in enumerate(POINT_RULES)}
 
 
 class PointConstrainedLabeller:
@@ -220,7 +228,7 @@ class PointConstrainedLabeller:
         """``diagnostics.json``: per tile the label rule counts and, where the tile has a dense label (reporting
         only), the AJI of the teacher's prediction and of the refined label; their means and the total counts
         under ``summary``; ``refine_example.png``."""
-        tiles = []
+        tiles, pooled = [], {rule: [] for rule in POINT_RULES}
         for item in self.items:
             paths = self._paths(item["name"])
             teacher, label = read_label(paths["teacher"]), read_label(paths["label"])
@@ -230,22 +238,18 @@ class PointConstrainedLabeller:
                 dense = read_label(item["label"])
                 row["teacher_aji"] = instance_metrics(teacher, dense)["aji"]
                 row["refined_aji"] = instance_metrics(label, dense)["aji"]
-                points = LoadPoints()(item["points"], dense.shape).numpy()
-                rules, iou = point_rules(teacher, points), iou_at_points(label, dense, points)
-                for index, rule in enumerate(POINT_RULES):  # each point's nucleus against the true one under it
-                    row[f"{rule}_iou"] = [float(v) for v in iou[(rules == index) & ~np.isnan(iou)]]
+                per_rule = rule_iou(teacher, label, dense, LoadPoints()(item["points"], dense.shape).numpy())
+                for rule, values in per_rule.items():
+                    pooled[rule] += values
+                    row[f"{rule}_iou"] = float(np.mean(values)) if values else None
             tiles.append(row)
         summary = {
             k: float(np.mean([t[k] for t in tiles]))
             for k in ("teacher_aji", "refined_aji", "ignored_fraction")
             if all(k in t for t in tiles)
         }
-        for rule in POINT_RULES:  # pooled over the tiles' points; per tile, the mean replaces the list
-            if all(f"{rule}_iou" in t for t in tiles):
-                pooled = [v for t in tiles for v in t[f"{rule}_iou"]]
-                summary[f"{rule}_iou"] = float(np.mean(pooled)) if pooled else float("nan")
-                for t in tiles:
-                    t[f"{rule}_iou"] = float(np.mean(t[f"{rule}_iou"])) if t[f"{rule}_iou"] else None
+        if all("refined_aji" in t for t in tiles):  # pooled over the tiles' points
+            summary.update({f"{r}_iou": float(np.mean(v)) if v else float("nan") for r, v in pooled.items()})
         summary.update({k: int(sum(t[k] for t in tiles)) for k in _COUNTS})
         with atomic_path(self.output_dir / "diagnostics.json") as tmp:
             tmp.write_text(json.dumps({"summary": summary, "tiles": tiles}, indent=2) + "\n")

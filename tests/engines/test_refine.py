@@ -74,6 +74,13 @@ def test_refine_labels_the_training_tiles_under_the_points_and_trains_a_student(
     tiles = json.loads((folder / "diagnostics.json").read_text())["tiles"]
     assert 0.5 < diagnostics["kept_iou"] <= 1 and all(0 <= t["kept_iou"] <= 1 for t in tiles)
     assert all(k in diagnostics for k in ("split_iou", "filled_iou"))
+    from scripts.cli.label_quality import label_quality  # the same numbers for any labels folder
+
+    quality = label_quality(str(folder), str(SAMPLE))
+    assert quality["tiles"] == 3 and quality["refined_aji"] == pytest.approx(diagnostics["refined_aji"])
+    assert quality["kept_iou"] == pytest.approx(diagnostics["kept_iou"]) and quality["kept"] > 0
+    with pytest.raises(SystemExit, match="no label PNG with a dense label"):
+        label_quality(str(tmp_path), str(SAMPLE))
     assert (folder / "refine_example.png").is_file()
     assert parser.get_parsed_content("train#trainer").state.iteration == 4
     assert (tmp_path / "run" / "model.pt").is_file()
