@@ -170,9 +170,9 @@ ROWS = {
 #: fine-tuned refine chains: row prefix -> (its rounds, the teacher of its first round when that is round 1, row name);
 #: each round's teacher is the round before, and each student fine-tunes its teacher (:func:`refine_settings`)
 FINE_TUNED_CHAINS = {
-    # the colour-matched chain's rounds 3-6 (rounds 1-2, ``c_matched_refined`` and ``2``, train from scratch)
+    # the colour-matched chain's rounds 3-8 (rounds 1-2, ``c_matched_refined`` and ``2``, train from scratch)
     "c_matched_refined": (
-        range(3, 7),
+        range(3, 9),
         None,
         "(c) colour-matched pairs, {k} refine rounds, fine-tuned from round 3 (teacher: c_matched_refined{previous})",
     ),
@@ -288,7 +288,7 @@ def compare(
             code drawn per image beside the per-pixel noise) and ``c_real_matched`` (``c_real``'s GAN, each
             synthetic image given the LAB colour statistics of a random real training tile: ``synthesize.json``'s
             ``colour_match: reinhard``); ``c_matched_refined`` refines with the ``c_real_matched`` teacher,
-            ``c_matched_refined2`` to ``c_matched_refined6`` add rounds 2 to 6 (each taught by the round before;
+            ``c_matched_refined2`` to ``c_matched_refined8`` add rounds 2 to 8 (each taught by the round before;
             from round 3 on the student fine-tunes its teacher for 700 iterations, as ``c_refined2_ft``);
             ``c_matched_ft1`` to ``c_matched_ft3`` are the same chain with every student fine-tuned from its
             teacher for 700 iterations, the first from ``c_real_matched`` itself; ``c_refined2_ft`` is

@@ -537,7 +537,7 @@ def test_every_synthetic_row_has_its_gan_folder_and_pairs():
     # the fine-tuned rounds: the student starts from its teacher and trains the main job's later-round schedule
     all_fine_tuned = [f"c_matched_ft{k}" for k in FINE_TUNED_CHAINS["c_matched_ft"][0]]
     assert with_teachers(all_fine_tuned[-1:]) == ["c_real_matched", *all_fine_tuned]
-    for row in ("c_refined2_ft", *(f"c_matched_refined{k}" for k in range(3, 7)), *all_fine_tuned):
+    for row in ("c_refined2_ft", *(f"c_matched_refined{k}" for k in range(3, 9)), *all_fine_tuned):
         cpu = refine_settings(row, "cpu")
         assert cpu["refine_student_init"] == "teacher" and cpu["iterations"] == 700 and row not in SEGMENTER, row
         assert "iterations" not in refine_settings(row, "smoke")  # the smoke schedule as it is
