@@ -19,7 +19,7 @@ Public API::
 
 from transforms.ellipse_mask import EllipseSample, PointsToEllipseMask, PointsToEllipseMaskd
 from transforms.hv_map import EncodeMask, EncodeMaskd, HVMap, HVMapd
-from transforms.outline_band import OutlineBandd, outline_band
+from transforms.outline_band import OutlineBandd, SeparateTouchingd, outline_band, touching_borders
 from transforms.points import AlignPointsd, LoadPoints, LoadPointsd, PointsToMap, PointsToMapd
 from transforms.points_io import PointsFileError, find_point_problems, points_inside, read_points
 from transforms.postprocess import (
@@ -56,6 +56,7 @@ __all__ = [
     "RandomPoints",
     "RandomPointsd",
     "ReinhardColorMatch",
+    "SeparateTouchingd",
     "TensorInstances",
     "TensorInstancesd",
     "find_point_problems",
@@ -66,4 +67,5 @@ __all__ = [
     "read_points",
     "sobel_range_of",
     "split_output",
+    "touching_borders",
 ]

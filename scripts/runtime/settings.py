@@ -126,7 +126,10 @@ RULES: dict[str, Callable[[str, Any], None]] = {
     **{k: _integer(1) for k in ("region_size", "random_tiles", "masks_per_tile", "draws_per_mask", "overlay_size")},
     **{k: _integer(1) for k in ("ngf", "ndf", "spade_hidden")},
     **{k: _integer(16) for k in ("crop_size", "roi_size")},
-    **{k: _integer(0) for k in ("num_workers", "margin", "workers", "freeze_encoder_epochs", "point_radius")},
+    **{
+        k: _integer(0)
+        for k in ("num_workers", "margin", "workers", "freeze_encoder_epochs", "point_radius", "np_touching_gap")
+    },
     "single_window": _integer(0),
     **{k: _integer() for k in ("seed", "synthesis_seed")},
     "num_threads": _integer(1, optional=True),
