@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from scripts.data.atomic import atomic_path
 from scripts.data.images import read_image, read_label
-from scripts.evaluation.metrics import METRIC_NAMES, instance_metrics
+from scripts.evaluation.metrics import METRIC_NAMES, POINT_ERRORS, instance_metrics
 from scripts.evaluation.visualize import contours_on
 from transforms import read_points
 
@@ -77,6 +77,9 @@ COLUMN_LABELS = {
     "n": "n",
     "organ": "organ",
     "n_pred": "pred nuclei",
+    "merged_points": "merged points",
+    "missed_points": "missed points",
+    "pointless_nuclei": "nuclei without a point",
     "n_gt": "GT nuclei",
 }
 #: delta degrees of freedom of every reported std (population std over images)
@@ -151,7 +154,7 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
 def _aggregate(rows: Sequence[Mapping[str, Any]]) -> tuple[dict[str, float], dict[str, float]]:
     """Mean and std of every metric over the rows that have it."""
     mean, std = {}, {}
-    for m in METRIC_NAMES:
+    for m in (*METRIC_NAMES, *POINT_ERRORS):
         values = [r[m] for r in rows if m in r]
         if values:
             mean[m], std[m] = _mean_std(values)
@@ -273,6 +276,16 @@ def _markdown_report(report: Mapping) -> str:
         }
         columns = ["n", *(c for c in PAPER_COLUMNS if c in report["mean"])]
         text += ["## Per organ", "", markdown_table(organs, columns, first="organ")]
+    if all(m in report["mean"] for m in POINT_ERRORS):
+        text += [
+            "## Detection errors against the points",
+            "",
+            "What point F1 counts, by kind (points only, no dense label needed): points whose predicted nucleus holds "
+            "another point too (touching nuclei merged), points on the background (missed), and predicted nuclei "
+            "holding no point (false detections or fragments).",
+            "",
+            markdown_table(overall, POINT_ERRORS, first="images"),
+        ]
     per_image = report["per_image"]
     columns = [c for c in PAPER_COLUMNS if c in report["mean"]] + ["n_pred", "n_gt"]
     if report["per_organ"]:
@@ -289,7 +302,7 @@ def _markdown_report(report: Mapping) -> str:
 
 
 def _write_csv(path: Path, report: Mapping) -> None:
-    metrics = [m for m in METRIC_NAMES if m in report["mean"]]
+    metrics = [m for m in (*METRIC_NAMES, *POINT_ERRORS) if m in report["mean"]]
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["name", "organ", *metrics, "n_pred", "n_gt", "predict_s"])

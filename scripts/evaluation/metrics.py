@@ -40,6 +40,7 @@ from scipy.optimize import linear_sum_assignment
 __all__ = [
     "InstanceSegmentationMetric",
     "METRIC_NAMES",
+    "POINT_ERRORS",
     "aji",
     "aji_plus",
     "instance_metrics",
@@ -48,11 +49,15 @@ __all__ = [
     "panoptic_quality",
     "pixel_f1",
     "pixel_iou",
+    "point_errors",
     "point_f1",
 ]
 
 #: names accepted by :class:`InstanceSegmentationMetric` (and the keys of :func:`instance_metrics`)
 METRIC_NAMES = ("aji", "aji_plus", "object_dice", "pixel_iou", "pixel_f1", "pq", "sq", "dq", "point_f1")
+
+#: the errors point F1 counts, by kind (:func:`point_errors`; label-free: points only)
+POINT_ERRORS = ("merged_points", "missed_points", "pointless_nuclei")
 
 
 def _as_label_map(x: NdarrayOrTensor, name: str) -> np.ndarray:
@@ -255,12 +260,25 @@ def _point_counts(pred: np.ndarray, points: Any, n_pred: int | None = None) -> d
     if n_pred is None:
         n_pred = int(np.unique(pred[pred > 0]).size)
     hit = pred[idx[:, 0], idx[:, 1]]
-    tp = int(np.unique(hit[hit > 0]).size)
+    nuclei, per_nucleus = np.unique(hit[hit > 0], return_counts=True)
+    tp = int(nuclei.size)
     fp, fn = n_pred - tp, len(idx) - tp
     f1 = 1.0 if tp + fp + fn == 0 else 2.0 * tp / (2 * tp + fp + fn)
     precision = tp / (tp + fp) if tp + fp else float(fn == 0)
     recall = tp / (tp + fn) if tp + fn else float(fp == 0)
-    return {"f1": f1, "precision": precision, "recall": recall, "tp": tp, "fp": fp, "fn": fn}
+    merged = int(per_nucleus[per_nucleus > 1].sum())  # points sharing their nucleus with another point
+    return {
+        "f1": f1, "precision": precision, "recall": recall, "tp": tp, "fp": fp, "fn": fn,
+        "merged": merged, "missed": int(np.count_nonzero(hit == 0)),
+    }  # fmt: skip
+
+
+def _point_error_fractions(counts: dict[str, float], n_points: int, n_pred: int) -> dict[str, float]:
+    return {
+        "merged_points": counts["merged"] / n_points if n_points else 0.0,
+        "missed_points": counts["missed"] / n_points if n_points else 0.0,
+        "pointless_nuclei": counts["fp"] / n_pred if n_pred else 0.0,
+    }
 
 
 def aji(pred: NdarrayOrTensor, gt: NdarrayOrTensor) -> float:
@@ -355,6 +373,21 @@ def point_f1(
     return counts if return_counts else counts["f1"]
 
 
+def point_errors(pred: NdarrayOrTensor, points: NdarrayOrTensor | Sequence[Sequence[float]]) -> dict[str, float]:
+    """The errors :func:`point_f1` counts, by kind, from points alone (no dense label): ``merged_points``, the
+    fraction of points whose predicted nucleus holds another point too (under-segmentation: touching nuclei merged);
+    ``missed_points``, the fraction of points on the background; ``pointless_nuclei``, the fraction of predicted
+    nuclei that hold no point (false detections, or fragments of an over-segmented nucleus). 0.0 where there is no
+    point (resp. no nucleus).
+
+    Raises:
+        ValueError: as :func:`point_f1`.
+    """
+    p = _as_label_map(pred, "pred")
+    counts = _point_counts(p, points)
+    return _point_error_fractions(counts, counts["tp"] + counts["fn"], counts["tp"] + counts["fp"])
+
+
 def iou_at_points(pred: NdarrayOrTensor, gt: NdarrayOrTensor, points: np.ndarray) -> np.ndarray:
     """Per point ``i``: the IoU of nucleus ``i + 1`` of ``pred`` (a point-indexed map, as the refine labels) and the
     ``gt`` nucleus under the point (``nan`` where the point lies on the ``gt`` background). (N,) float64."""
@@ -386,7 +419,8 @@ def instance_metrics(
 
     Returns:
         ``{"aji", "aji_plus", "object_dice", "pixel_iou", "pixel_f1", "pq", "sq", "dq"}`` plus ``"point_f1"``
-        (of ``pred`` against ``points``) when ``points`` is given; definitions as in the single-metric functions.
+        (of ``pred`` against ``points``) and the :data:`POINT_ERRORS` (:func:`point_errors`) when ``points`` is
+        given; definitions as in the single-metric functions.
     """
     p, g = _as_pair(pred, gt)
     ct = _contingency(p, g)
@@ -399,7 +433,9 @@ def instance_metrics(
         **_panoptic_quality(ct, match_iou_threshold, 1e-6),
     }
     if points is not None:
-        out["point_f1"] = _point_counts(p, points, n_pred=ct.n_pred)["f1"]
+        counts = _point_counts(p, points, n_pred=ct.n_pred)
+        out["point_f1"] = counts["f1"]
+        out.update(_point_error_fractions(counts, counts["tp"] + counts["fn"], ct.n_pred))
     return out
 
 

@@ -33,7 +33,7 @@ from scripts.evaluation.evaluate import (
     markdown_table,
     read_organs,
 )
-from scripts.evaluation.metrics import METRIC_NAMES, instance_metrics
+from scripts.evaluation.metrics import METRIC_NAMES, POINT_ERRORS, instance_metrics
 from tests.helpers import SAMPLE, load_label
 from transforms import read_points
 
@@ -90,7 +90,9 @@ def test_perfect_prediction(tmp_path, sample_names):
     items = _items(sample_names)
     report = evaluate(items, _relabelled_gt, tmp_path, progress=False)
     assert report["n_images"] == 4 and report["n_images_with_points"] == 4 and report["std_ddof"] == 0
-    assert set(report["mean"]) == set(METRIC_NAMES)
+    assert set(report["mean"]) == {*METRIC_NAMES, *POINT_ERRORS}
+    assert all(report["mean"][m] == 0.0 for m in POINT_ERRORS)  # the labels' nuclei each hold their one point
+    assert "## Detection errors against the points" in (tmp_path / "metrics.md").read_text()
     for m in METRIC_NAMES:  # PQ/SQ/DQ carry MONAI's 1e-6 smoothing
         assert report["mean"][m] == pytest.approx(1.0, abs=1e-6), m
         assert report["std"][m] == pytest.approx(0.0, abs=1e-6), m
@@ -118,9 +120,12 @@ def test_imperfect_prediction_matches_direct_metrics(degraded_run):
     for item in items:
         name = Path(item["image"]).stem
         direct = instance_metrics(_degraded(item), _gt(item), points=read_points(item["points"]))
-        got = {m: per_image[name][m] for m in METRIC_NAMES}
+        got = {m: per_image[name][m] for m in (*METRIC_NAMES, *POINT_ERRORS)}
         assert got == pytest.approx(direct, abs=1e-12)
-        assert all(0.0 < v < 1.0 for v in got.values()), got
+        assert all(0.0 < got[m] < 1.0 for m in METRIC_NAMES), got
+        # every other nucleus removed: its point is missed; nothing merged, every predicted nucleus holds its point
+        n = per_image[name]["n_gt"]
+        assert [got[m] for m in POINT_ERRORS] == pytest.approx([0.0, (n // 2) / n, 0.0]), name
         assert per_image[name]["n_pred"] == (per_image[name]["n_gt"] + 1) // 2
         # ground-truth-only boundaries show in yellow, predicted ones in green
         overlay = np.asarray(Image.open(out / "overlays" / f"{name}.png"))
@@ -150,7 +155,7 @@ def test_per_organ_and_csv(degraded_run, sample_names):
     with open(out / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["name"] for r in rows] == sample_names
-    assert list(rows[0]) == ["name", "organ", *METRIC_NAMES, "n_pred", "n_gt", "predict_s"]
+    assert list(rows[0]) == ["name", "organ", *METRIC_NAMES, *POINT_ERRORS, "n_pred", "n_gt", "predict_s"]
     assert [r["organ"] for r in rows] == ["liver", "breast", "breast", ""]
     for r in rows:
         assert {m: float(r[m]) for m in METRIC_NAMES} == {m: per_image[r["name"]][m] for m in METRIC_NAMES}

@@ -28,6 +28,7 @@ from skimage.measure import label as cc_label
 from skimage.segmentation import expand_labels, find_boundaries
 
 from scripts.evaluation.metrics import (
+    POINT_ERRORS,
     InstanceSegmentationMetric,
     aji,
     aji_plus,
@@ -37,6 +38,7 @@ from scripts.evaluation.metrics import (
     panoptic_quality,
     pixel_f1,
     pixel_iou,
+    point_errors,
     point_f1,
 )
 from tests.helpers import MONUSEG, SAMPLE
@@ -241,7 +243,13 @@ def test_point_f1_counts_and_rounding() -> None:
     ]
     # TP = 2 (4, 9), FP = 1 (2), FN = 4 - 2 = 2 -> F1 = 4 / (4 + 1 + 2)
     counts = point_f1(pred, points, return_counts=True)
-    assert counts == pytest.approx({"f1": 4 / 7, "precision": 2 / 3, "recall": 2 / 4, "tp": 2, "fp": 1, "fn": 2})
+    expected = {"f1": 4 / 7, "precision": 2 / 3, "recall": 2 / 4, "tp": 2, "fp": 1, "fn": 2, "merged": 2, "missed": 1}
+    assert counts == pytest.approx(expected)
+    # by kind: both points of nucleus 4 are merged, one point is on the background, nucleus 2 holds no point
+    errors = {"merged_points": 2 / 4, "missed_points": 1 / 4, "pointless_nuclei": 1 / 3}
+    assert point_errors(pred, points) == pytest.approx(errors)
+    assert {k: instance_metrics(pred, pred, points=points)[k] for k in POINT_ERRORS} == pytest.approx(errors)
+    assert point_errors(np.zeros((8, 8), int), np.zeros((0, 2))) == dict.fromkeys(POINT_ERRORS, 0.0)
     assert point_f1(pred, np.asarray(points)) == pytest.approx(4 / 7)
     assert point_f1(pred, [[-0.5, 7.49]]) == pytest.approx(2 / (2 + 2))  # -0.5 -> row 0, 7.49 -> col 7: in 9
     assert instance_metrics(pred, pred, points=points)["point_f1"] == pytest.approx(4 / 7)
@@ -259,14 +267,17 @@ def test_perfect_disjoint_and_empty() -> None:
     a = _boxes((8, 8), {1: (0, 3, 0, 3), 2: (0, 3, 4, 8)})
     b = _boxes((8, 8), {1: (4, 8, 0, 3), 5: (4, 8, 4, 8)})
     disjoint = instance_metrics(a, b, points=[[6, 1]])
-    assert all(v == 0.0 for v in disjoint.values()), disjoint
+    assert all(v == 0.0 for k, v in disjoint.items() if k not in POINT_ERRORS), disjoint
+    assert [disjoint[k] for k in POINT_ERRORS] == [0.0, 1.0, 1.0]  # the point is missed, no nucleus holds one
 
     empty = np.zeros((8, 8), dtype=np.uint16)
     both_empty = instance_metrics(empty, empty, points=np.zeros((0, 2)))
     assert all(both_empty[k] == 1.0 for k in (*OVERLAP_KEYS, "point_f1")), both_empty
     assert both_empty["pq"] == both_empty["sq"] == both_empty["dq"] == 0.0  # MONAI's convention
     for pred, gt in ((a, empty), (empty, a)):
-        assert all(v == 0.0 for v in instance_metrics(pred, gt, points=[[6, 6]]).values())  # point in no nucleus
+        scores = instance_metrics(pred, gt, points=[[6, 6]])  # the point in no nucleus
+        assert all(v == 0.0 for k, v in scores.items() if k not in POINT_ERRORS), scores
+        assert [scores[k] for k in POINT_ERRORS] == [0.0, 1.0, float(pred.any())]
 
 
 # ---------------------------------------------------------------- invariances and input forms
@@ -452,3 +463,21 @@ def test_iou_at_points_pairs_each_point_nucleus_with_the_true_one_under_it():
     points = np.array([[4.0, 3.0], [12.0, 15.0], [18.0, 25.0], [5.0, 6.0]])  # the third on background, the fourth
     iou = iou_at_points(pred, gt, points)  # has no nucleus 4 in pred
     assert iou[0] == pytest.approx(0.5) and iou[1] == 1.0 and np.isnan(iou[2]) and iou[3] == 0.0
+
+
+@pytest.mark.parametrize("path", SAMPLE_LABELS, ids=lambda p: p.stem[:12])
+def test_point_errors_see_a_merge_of_touching_real_nuclei(path: Path) -> None:
+    """A real crop's dense label against its own points has no error; merging two touching nuclei into one makes
+    exactly their two points ``merged`` and costs AJI, with nothing ``missed`` or ``pointless``."""
+    gt, points = _read_label(path), _read_points(path)
+    assert point_errors(gt, points) == dict.fromkeys(POINT_ERRORS, 0.0)
+    right = np.zeros_like(gt)
+    right[:, 1:] = gt[:, :-1]
+    pairs = (gt > 0) & (right > 0) & (gt != right)  # a pixel of one nucleus right of another
+    if not pairs.any():
+        pytest.skip("no touching nuclei in this crop")
+    a, b = int(gt[pairs][0]), int(right[pairs][0])
+    merged = np.where(gt == b, a, gt)
+    errors = point_errors(merged, points)
+    assert errors == pytest.approx({"merged_points": 2 / len(points), "missed_points": 0.0, "pointless_nuclei": 0.0})
+    assert instance_metrics(merged, gt)["aji"] < 1.0
