@@ -51,6 +51,12 @@ ROWS = {
         None,
         None,
     ),
+    "pseudo_gap": (
+        "pseudo masks, a 2 px gap between touching masks in the nucleus-pixel target (np_touching_gap: 1)",
+        "pseudo",
+        None,
+        None,
+    ),
     "upper_wide": (
         "upper bound, MONAI's BasicUNet widths 32-32-64-128-256-32 (the cpu profile before 0.7.0)",
         "dense",
@@ -191,6 +197,13 @@ FINE_TUNED_CHAINS = {
 }
 for _prefix, (_rounds, _, _name) in FINE_TUNED_CHAINS.items():
     ROWS.update({f"{_prefix}{k}": (_name.format(k=k, previous=k - 1), "refined", None, None) for k in _rounds})
+ROWS["c_matched_refined6_gap"] = (
+    "(c) colour-matched pairs, 6 refine rounds, the last with a 2 px gap between touching nuclei in the nucleus-pixel "
+    "target (teacher: c_matched_refined5)",
+    "refined",
+    None,
+    None,
+)
 
 #: GAN ablation file -> the name of its run folder (``gan_<name>``) and synthetic pairs (``synthetic_<name>_<points>``)
 GANS = {"ablation_a_cyclegan.json": "a", "ablation_c_full.json": "c", "ablation_c_mixed.json": "c_mixed"}
@@ -204,7 +217,7 @@ SEGMENTER = {
     "upper_wide": {"network_def#features": [32, 32, 64, 128, 256, 32]},
     "pseudo_wide": {"network_def#features": [32, 32, 64, 128, 256, 32]},
     "pseudo_long": {"iterations": 1800},
-    "upper_gap": {"np_touching_gap": 1},
+    **dict.fromkeys(("upper_gap", "pseudo_gap", "c_matched_refined6_gap"), {"np_touching_gap": 1}),
     "c_real_plain": {"appearance_randomisation": False},
     "pseudo_appearance": {"appearance_randomisation": True},
 }
@@ -238,6 +251,9 @@ for _prefix, (_rounds, _first, _) in FINE_TUNED_CHAINS.items():
             for k in _rounds
         }
     )
+
+
+REFINED["c_matched_refined6_gap"] = ("c_matched_refined5", REFINED["c_matched_refined6"][1])
 
 
 def refine_settings(row: str, profile: str) -> dict:
@@ -305,7 +321,8 @@ def compare(
             ``refine_pointless: background`` (a teacher's nucleus holding no point is taught as background unless it
             touches a labelled nucleus: every MoNuSeg nucleus carries a point); ``pseudo_band2`` is ``pseudo`` with
             ``pseudo_outline_ignore: 2`` (the loss skips 2 px on each side of every pseudo-mask outline);
-            ``upper_gap`` is ``upper`` with ``np_touching_gap: 1`` (the nucleus-pixel target loses the pixel on each
+            ``upper_gap``, ``pseudo_gap`` and ``c_matched_refined6_gap`` are ``upper``, ``pseudo`` and
+            ``c_matched_refined6`` with ``np_touching_gap: 1`` (the nucleus-pixel target loses the pixel on each
             side of every outline two nuclei share, so the foreground itself separates touching nuclei);
             ``upper_wide`` and ``pseudo_wide`` train the 0.6.0 network (``features`` 32-32-64-128-256-32),
             ``pseudo_long`` 1800 iterations; ``c_real_plain`` trains on ``c_real``'s pairs without the cpu
