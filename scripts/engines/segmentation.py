@@ -127,7 +127,14 @@ def _real_datalist(data: Path, seed: int) -> dict:
 def real_training_items(data_dir: str | Path, seed: int = 0) -> list[dict]:
     """The real training tiles of ``data_dir`` (``split.json``'s ``train`` list, else three quarters drawn with
     ``seed``): ``image``, ``points``, ``name`` and ``label`` when the folder has ``labels/`` (for reporting only)."""
-    return _real_datalist(Path(str(data_dir)), seed)["training"]
+    return real_items(data_dir, "training", seed)
+
+
+def real_items(data_dir: str | Path, section: str = "training", seed: int = 0) -> list[dict]:
+    """The real tiles of one ``section`` (``training`` or ``validation``) of ``data_dir``'s split (``split.json``, else
+    a quarter drawn with ``seed`` for validation): ``image``, ``points``, ``name`` and ``label`` when the folder has
+    ``labels/``."""
+    return _real_datalist(Path(str(data_dir)), seed)[section]
 
 
 def datalist_items(path: str | Path, key: str = "training") -> list[dict]:
