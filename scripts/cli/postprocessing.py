@@ -24,6 +24,7 @@ Writes ``postprocessing.json`` and ``postprocessing.md`` into ``output``.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from pathlib import Path
@@ -34,7 +35,7 @@ from tqdm import tqdm
 
 from scripts.data.atomic import atomic_path
 from scripts.data.images import load_tile, read_label
-from scripts.engines.checkpoint import load_network_weights
+from scripts.engines.checkpoint import inference_network, load_network_weights
 from scripts.engines.segmentation import real_items
 from scripts.evaluation.evaluate import markdown_table
 from scripts.evaluation.metrics import POINT_ERRORS, instance_metrics, point_errors, point_f1
@@ -47,8 +48,8 @@ __all__ = ["DEFAULT", "postprocessing"]
 
 logger = logging.getLogger(__name__)
 
-#: the settings every post-processing of the project uses (HoVer-Net's)
-DEFAULT = {"marker_threshold": 0.4, "marker_radius": 2}
+#: the marker settings every post-processing of the project uses (HoVer-Net's: :class:`HoVerNetInstances`' defaults)
+DEFAULT = {k: inspect.signature(HoVerNetInstances).parameters[k].default for k in ("marker_threshold", "marker_radius")}
 
 
 def _floats(text: str | float | tuple, name: str) -> list[float]:
@@ -61,12 +62,11 @@ def _floats(text: str | float | tuple, name: str) -> list[float]:
 def _what_ifs(instances: np.ndarray, points: np.ndarray, dense: np.ndarray) -> dict[str, float]:
     """AJI with every merged nucleus split among its points / with every nucleus holding no point dropped."""
     refined = point_constrained_labels(instances, points, np.zeros_like(instances))  # no fallback shapes
-    pointless = refined.ignore  # the nuclei holding no point
-    split = np.where(pointless, instances + int(refined.label.max()) + 1, refined.label)  # pointless nuclei kept
-    dropped = np.where(pointless, 0, instances)
+    pointless = refined.ignore  # the nuclei holding no point (refined.label is 0 there)
+    split = np.where(pointless, instances + int(refined.label.max()), refined.label)  # pointless nuclei kept apart
     return {
-        "aji_merges_split": instance_metrics(np.where(instances > 0, split, 0), dense)["aji"],
-        "aji_pointless_dropped": instance_metrics(dropped, dense)["aji"],
+        "aji_merges_split": instance_metrics(split, dense)["aji"],
+        "aji_pointless_dropped": instance_metrics(np.where(pointless, 0, instances), dense)["aji"],
     }
 
 
@@ -93,8 +93,6 @@ def postprocessing(
         ``{"settings": [{marker_threshold, marker_radius, point_f1, <point errors>, [aji, pq]}], "pick": the setting
         of the highest point F1, "default": the default's row, "what_if": (with labels) the default's what-ifs}``.
     """
-    from monai.bundle import ConfigParser
-
     if section not in ("validation", "training"):
         raise SystemExit(f"error: --section must be validation or training, got {section!r}")
     grid = [(t, int(r)) for t in _floats(thresholds, "thresholds") for r in _floats(radii, "radii")]
@@ -103,8 +101,8 @@ def postprocessing(
     items = real_items(data, section, seed)
     if not items:
         raise SystemExit(f"error: {data}: no {section} tiles")
-    parser = ConfigParser(ConfigParser.load_config_files([Path(__file__).parents[2] / "bundle/configs/inference.json"]))
-    network = load_network_weights(parser.get_parsed_content("network_def"), model, what="segmentation model")
+    bundle = Path(__file__).parents[2] / "bundle"
+    network = load_network_weights(inference_network(bundle), model, what="segmentation model")
     predictor = TilePredictor(network, 256, amp=native_bf16(torch.device("cpu")), flip_tta=True)
     posts = {(t, r): HoVerNetInstances(marker_threshold=t, marker_radius=r, **MONUSEG_RANGES) for t, r in grid}
     default = (DEFAULT["marker_threshold"], DEFAULT["marker_radius"])

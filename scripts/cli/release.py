@@ -29,7 +29,7 @@ import torch
 from scripts import CODE_ROOT, SAMPLE_DATA
 from scripts.data.atomic import atomic_path
 from scripts.data.images import read_image
-from scripts.engines.checkpoint import load_network_weights
+from scripts.engines.checkpoint import inference_network, load_network_weights
 from scripts.evaluation.metrics import aji
 from scripts.inference.predict import TilePredictor
 
@@ -67,10 +67,7 @@ def release_model(
     """
     bundle = Path(bundle)
     if network is None:
-        from monai.bundle import ConfigParser
-
-        parser = ConfigParser(ConfigParser.load_config_files([bundle / "configs" / "inference.json"]))
-        network = parser.get_parsed_content("network_def")
+        network = inference_network(bundle)
     full = load_network_weights(network, model, what="segmentation model").eval()
     report = json.loads(Path(evaluation).read_text()) if Path(evaluation).is_file() else None
     if report is None or "mean" not in report:

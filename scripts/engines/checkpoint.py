@@ -33,7 +33,7 @@ from networks.hover_unet import hover_unet_features
 from scripts.data.atomic import atomic_path, remove_stale_temporaries
 from scripts.runtime.distributed import is_main_process
 
-__all__ = ["load_network_weights", "TrainingCheckpoint", "latest_checkpoint", "list_checkpoints"]
+__all__ = ["inference_network", "load_network_weights", "TrainingCheckpoint", "latest_checkpoint", "list_checkpoints"]
 
 _NAME = re.compile(r"^checkpoint_(\d+)\.pt$")
 
@@ -148,6 +148,14 @@ class TrainingCheckpoint:
         engine.load_state_dict(engine_state | {"max_epochs": max_epochs})
         self.logger.info(f"resumed from {path} at iteration {engine.state.iteration}")
         return path
+
+
+def inference_network(bundle: str | Path) -> torch.nn.Module:
+    """A fresh ``network_def`` of ``<bundle>/configs/inference.json`` (the shipped model's architecture)."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser(ConfigParser.load_config_files([Path(bundle) / "configs" / "inference.json"]))
+    return parser.get_parsed_content("network_def")
 
 
 def load_network_weights(
