@@ -402,9 +402,7 @@ class Bench:
         median time is reported (this shared machine's speed varies from run to run). ``compile``: also time our
         tile pipeline with the network through ``torch.compile`` (``ours_cpu_compiled``, in the same process: the
         steady state of a folder of tiles once ``compile: auto`` has switched it on), after a warm-up on the tile
-        itself that compiles it (its seconds: ``warmup_s``). ``ours_cpu_folder``: a folder of 6 copies of the tile
-        through ``NucleusInference.run``, one image after another vs two in flight (``images_in_flight``), Mpx/s of
-        each and their ratio (compiled with ``compile``).
+        itself that compiles it (its seconds: ``warmup_s``).
         """
         import shutil
         import tempfile
@@ -547,8 +545,6 @@ class Bench:
                         result["pipelines"]["monai_cpu"]["seconds"] / seconds, 2
                     )
             result["pipelines"][f"ours_{name}"] = entry
-            if name == "cpu":
-                result["pipelines"]["ours_cpu_folder"] = _folder_speed(network, path, work, amp, compile, repeats)
             if name == "cpu" and compile:
                 compiled_run = ours(network, "cpu_compiled", compile=True)
                 compiled = {**_tile_entry(compiled_run, height * width), "warmup_s": compiled_run["warmup_s"]}
@@ -573,40 +569,6 @@ class Bench:
                 ours_s = result["pipelines"]["ours_hovernet"]["seconds"]
                 result["speedup_vs_monai_hovernet"] = round(monai["seconds"] / ours_s, 2)
         return result
-
-
-def _folder_speed(
-    network: torch.nn.Module, tile: Path, work: Path, amp: bool, compile: bool, repeats: int, tiles: int = 6
-) -> dict:
-    """A folder of ``tiles`` copies of ``tile`` through ``NucleusInference.run`` (label + GeoJSON + CSV), one image
-    after another and two in flight (the next image's network pass beside the last one's post-processing and
-    outputs), alternated ``repeats`` times in this process after a warm-up; the median run of each."""
-    from scripts.inference.infer import NucleusInference
-
-    folder, output = work / "folder", work / "folder_out"
-    folder.mkdir()
-    output.mkdir()
-    for i in range(tiles):
-        (folder / f"tile_{i:02d}.png").write_bytes(tile.read_bytes())
-    engine = NucleusInference(
-        network, folder, output, outputs=("label", "geojson", "csv"), amp=amp, compile=compile, progress=False,
-        overwrite=True,
-    )  # fmt: skip
-    engine.process(tile)  # warm-up (and compilation)
-    runs: dict[int, list[dict]] = {1: [], 2: []}
-    for _ in range(repeats):
-        for flight in runs:
-            engine.images_in_flight = flight
-            runs[flight].append(engine.run())
-    entry: dict = {"tiles": tiles, "compiled": compile}
-    for flight, summaries in runs.items():
-        median = sorted(summaries, key=lambda r: r["seconds"])[len(summaries) // 2]
-        entry[f"images_in_flight_{flight}"] = {
-            k: median[k] for k in ("seconds", "megapixels_per_s", "postprocess_share", "nuclei")
-        }
-    one, two = entry["images_in_flight_1"]["seconds"], entry["images_in_flight_2"]["seconds"]
-    entry["speedup_two_in_flight"] = round(one / two, 3)
-    return entry
 
 
 def _tile_entry(summary: dict, area: int) -> dict:

@@ -50,7 +50,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -454,9 +454,6 @@ class NucleusInference:
         tissue: skip the background regions of slides (tiles are always processed whole).
         tissue_threshold: saturation threshold (``None``: Otsu on the thumbnail, clipped to [0.04, 0.15]).
         workers: post-processing threads running beside the network (0: inline).
-        images_in_flight: images of a folder processed at once: the next image's network pass starts as soon as the
-            previous one's ends, while that one's post-processing and outputs finish (the network passes themselves
-            never overlap); 1: one image after another.
         label_format: tile label maps as ``png`` (16-bit) or ``tif`` (uint32); slides always get a pyramidal TIFF.
         overlay_size: longest side of the overlay in px.
         tile_mpp: microns per pixel of tiles without a ``meta.csv`` ``mpp`` beside them (slides carry their own): areas
@@ -494,7 +491,6 @@ class NucleusInference:
         tissue: bool = True,
         tissue_threshold: float | None = None,
         workers: int = 1,
-        images_in_flight: int = 2,
         label_format: str = "png",
         overlay_size: int = 4096,
         tile_mpp: float | None = None,
@@ -511,13 +507,9 @@ class NucleusInference:
         self.level, self.mpp, self.roi, self.backend = level, mpp, roi, backend
         if int(region_size) < 1 or int(margin) < 0 or not 0 <= float(overlap) < 1 or int(workers) < 0:
             raise ValueError("need region_size >= 1, margin >= 0, 0 <= overlap < 1 and workers >= 0.")
-        if int(images_in_flight) < 1:
-            raise ValueError(f"images_in_flight must be at least 1, got {images_in_flight!r}.")
         self.region_size, self.margin = int(region_size), int(margin)
         self.roi_size, self.overlap, self.sw_batch_size = int(roi_size), float(overlap), int(sw_batch_size)
-        self.images_in_flight = int(images_in_flight)
-        self._local = threading.local()  # each image's window grid, in the thread processing it
-        self._network_turn = threading.Lock()  # one image's network passes at a time
+        self._grid: WindowGrid | None = None
         self.single_window = int(single_window)
         self.compile = compile if compile == "auto" else as_bool(compile, "compile")
         self._pixels_seen = 0  # px of the images this engine has segmented (at the network's resolution)
@@ -542,11 +534,6 @@ class NucleusInference:
             if network is not None
             else None
         )
-
-    @property
-    def _grid(self) -> WindowGrid | None:
-        """The window grid of the image this thread processes (or processed last)."""
-        return getattr(self._local, "grid", None)
 
     def predict(self, image: np.ndarray, region: Region) -> dict[str, torch.Tensor]:
         """Network outputs (NP logits (2, h, w), HV maps (2, h, w)) of a region's box (``image``: its (h, w, 3) uint8
@@ -575,12 +562,10 @@ class NucleusInference:
         ranks = distributed.world_size()
         desc = "images" if ranks == 1 else f"images (rank 0 of {ranks})"
         show = self.progress and many and distributed.is_main_process()
-        bar = tqdm(total=len(mine), desc=desc, unit="image", disable=not show, dynamic_ncols=True)
-        with bar:
-            for error in self._process_all(mine, progress=self.progress and not many):
-                bar.update(1)
-                if error is not None:
-                    failures.append(error)
+        for path in tqdm(mine, desc=desc, unit="image", disable=not show, dynamic_ncols=True):
+            error = self._process_and_record(path, progress=self.progress and not many)
+            if error is not None:
+                failures.append(error)
         distributed.barrier()  # every record is written
         summary = self._summary(paths, todo, time.perf_counter() - start)
         try:
@@ -594,20 +579,6 @@ class NucleusInference:
             )
             raise failures[0]
         return summary
-
-    def _process_all(self, paths: list[Path], progress: bool) -> Iterator[Exception | None]:
-        """Process and record ``paths`` in order, ``images_in_flight`` at a time (one: in this thread); yields
-        each image's error or ``None``."""
-        if self.images_in_flight == 1 or len(paths) < 2:
-            yield from (self._process_and_record(path, progress) for path in paths)
-            return
-        with ThreadPoolExecutor(self.images_in_flight) as pool:
-            pending = [pool.submit(self._process_and_record, path, progress) for path in paths]
-            try:
-                yield from (future.result() for future in pending)
-            finally:
-                for future in pending:
-                    future.cancel()
 
     def _record(self, path: Path) -> Path:
         return self.output_dir / RECORDS / f"{path.stem}.json"
@@ -866,26 +837,20 @@ class NucleusInference:
         stats = {"nuclei": 0, "cut": 0, "network_s": 0.0, "postprocess_s": 0.0, "windows": 0}
 
         claims = SeamClaims(SEAM_BAND)
-        network_turn = ExitStack()  # held from this image's first network pass to its last
-        network_turn.enter_context(self._network_turn)
-        try:
-            if self.predictor is not None:
-                self._pixels_seen += roi[2] * roi[3]
-                if self.compile is True or (self.compile == "auto" and self._pixels_seen >= COMPILE_MIN_PIXELS):
-                    self.predictor.compile()
-                self._local.grid = WindowGrid(
-                    source.read,
-                    source.shape,
-                    self._window(source.shape),
-                    self.overlap,
-                    self.predictor.forward,
-                    self.predictor.network_input,
-                    self.sw_batch_size,
-                )
-                self._grid.plan([region.box for region in regions])
-        except BaseException:
-            network_turn.close()
-            raise
+        if self.predictor is not None:
+            self._pixels_seen += roi[2] * roi[3]
+            if self.compile is True or (self.compile == "auto" and self._pixels_seen >= COMPILE_MIN_PIXELS):
+                self.predictor.compile()
+            self._grid = WindowGrid(
+                source.read,
+                source.shape,
+                self._window(source.shape),
+                self.overlap,
+                self.predictor.forward,
+                self.predictor.network_input,
+                self.sw_batch_size,
+            )
+            self._grid.plan([region.box for region in regions])
 
         def post(
             image: np.ndarray, outputs: dict[str, torch.Tensor], region: Region, index: int
@@ -921,7 +886,7 @@ class NucleusInference:
         show = progress and len(regions) > 1
         bar = tqdm(total=len(regions), desc=source.name, unit="tile", disable=not show, dynamic_ncols=True)
         pending: deque = deque()
-        with network_turn, ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(max(self.workers, 1)) as pool:
+        with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(max(self.workers, 1)) as pool:
             try:
                 upcoming = reader.submit(read, regions[0]) if regions else None
                 for i, region in enumerate(regions):
@@ -931,8 +896,6 @@ class NucleusInference:
                     t = time.perf_counter()
                     outputs = self.predict(image, region)
                     stats["network_s"] += time.perf_counter() - t
-                    if i + 1 == len(regions):
-                        network_turn.close()  # the next image's network starts while this one's ends
                     if self.workers == 0:
                         consume(post(image, outputs, region, i))
                     else:

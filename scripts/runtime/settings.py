@@ -123,10 +123,7 @@ RULES: dict[str, Callable[[str, Any], None]] = {
         k: _integer(1)
         for k in ("iterations", "batch_size", "epoch_length", "val_interval", "keep_checkpoints", "sw_batch_size")
     },
-    **{
-        k: _integer(1)
-        for k in ("region_size", "random_tiles", "masks_per_tile", "draws_per_mask", "overlay_size", "images_in_flight")
-    },
+    **{k: _integer(1) for k in ("region_size", "random_tiles", "masks_per_tile", "draws_per_mask", "overlay_size")},
     **{k: _integer(1) for k in ("ngf", "ndf", "spade_hidden")},
     **{k: _integer(16) for k in ("crop_size", "roi_size")},
     **{

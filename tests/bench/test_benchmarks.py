@@ -57,12 +57,6 @@ def test_bench_inference_on_tiny_inputs(tmp_path):
     assert 80 < result["kflop_per_pixel"] < 120 and 0 < result["roofline_fraction"] < 1
     roofline = report["roofline"]
     assert roofline["gflops"] == max(roofline["matmul_gflops"], roofline["conv3x3_gflops"])
-    folder = report["pipelines"]["ours_cpu_folder"]  # 6 copies of the tile, one after another vs two in flight
-    one, two = folder["images_in_flight_1"], folder["images_in_flight_2"]
-    assert folder["tiles"] == 6 and one["nuclei"] == two["nuclei"] == 6 * result["nuclei"]
-    assert one["megapixels_per_s"] > 0 and folder["speedup_two_in_flight"] == pytest.approx(
-        one["seconds"] / two["seconds"], abs=0.002
-    )
     memory = tmp_path / "rss.json"
     Bench().inference(rss=True, slides="512", threads=1, output=str(memory))
     run = json.loads(memory.read_text())["runs"][0]
@@ -92,9 +86,8 @@ def test_bench_inference_times_the_compiled_pipeline_after_compiling_on_the_tile
     assert compiled["vs_eager_aji"] == 1.0 and compiled["nuclei"] == report["ours_cpu"]["nuclei"]
     assert compiled["speedup_vs_eager"] == pytest.approx(report["ours_cpu"]["seconds"] / compiled["seconds"], abs=0.01)
     assert 0 < compiled["roofline_fraction"] < 1 and compiled["warmup_s"] > 0
-    # each one 320 px window, never the 256 px warm-up crop of the eager pipeline: the folder of 6 tiles (warm-up +
-    # one run of each kind) and the compiled tile pipeline (warm-up + one timed run)
-    assert report["ours_cpu_folder"]["compiled"] and compiled_shapes == [(320, 320)] * (1 + 6 * 2 + 2)
+    # warm-up + one timed run, each one 320 px window: never the 256 px warm-up crop of the eager pipeline
+    assert compiled_shapes == [(320, 320)] * 2
 
 
 def test_bench_inference_with_another_width(tmp_path):

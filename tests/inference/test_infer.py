@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import csv
 import json
-import threading
-import time
 import warnings
 from pathlib import Path
 
@@ -375,60 +373,6 @@ def test_failed_run_leaves_no_output(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["records", "summary.csv", "summary.json"]
     assert [p.name for p in (tmp_path / "records").iterdir()] == [f"{NAME}.json"]
     assert json.loads((tmp_path / "summary.json").read_text())["images"][0]["status"] == "failed"
-
-
-class CountingNetwork(DarkNuclei):
-    """Dark-pixel nuclei whose network passes record how many run at once and wake a waiting post-processing."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.guard, self.running, self.most, self.passes = threading.Lock(), 0, 0, 0
-        self.second_pass = threading.Event()
-
-    def predict(self, image: np.ndarray, region: Region) -> dict[str, torch.Tensor]:
-        with self.guard:
-            self.running += 1
-            self.most, self.passes = max(self.most, self.running), self.passes + 1
-        time.sleep(0.02)  # a network pass takes time: another image's pass would overlap it
-        outputs = super().predict(image, region)
-        with self.guard:
-            self.running -= 1
-            if self.passes > 1:
-                self.second_pass.set()
-        return outputs
-
-
-def test_images_in_flight_overlap_post_processing_not_network_passes(tmp_path):
-    """A folder of 3 sample crops: with 2 images in flight the second image's network pass runs while the first image's
-    post-processing is still going (it waits for that pass), network passes never overlap, and every output equals
-    the one of images processed one after another."""
-    folder = tmp_path / "tiles"
-    folder.mkdir()
-    for p in sorted((SAMPLE / "images").glob("*.png"))[:3]:
-        (folder / p.name).write_bytes(p.read_bytes())
-    outputs = ("label", "csv")
-    serial = CountingNetwork(None, input=folder, output_dir=tmp_path / "serial", outputs=outputs, images_in_flight=1)
-    serial.run()
-    engine = CountingNetwork(None, input=folder, output_dir=tmp_path / "flight", outputs=outputs, images_in_flight=2)
-    postprocessing, waited = engine.postprocessing, []
-
-    def post_waiting_for_the_next_network(logits: torch.Tensor, hv: torch.Tensor) -> torch.Tensor:
-        if not waited:  # the first image's post-processing: finishes only once a later image's network has run
-            waited.append(engine.second_pass.wait(timeout=30))
-        return postprocessing(logits, hv)
-
-    engine.postprocessing = post_waiting_for_the_next_network
-    summary = engine.run()
-    assert waited == [True] and engine.most == serial.most == 1 and engine.passes == serial.passes == 3
-    assert summary["done"] == 3 and summary["nuclei"] > 30
-    for p in sorted(folder.iterdir()):
-        a, b = (np.asarray(Image.open(tmp_path / d / f"{p.stem}_instances.png")) for d in ("serial", "flight"))
-        assert a.max() > 5 and np.array_equal(a, b)
-        assert (tmp_path / "serial" / f"{p.stem}_nuclei.csv").read_text() == (
-            tmp_path / "flight" / f"{p.stem}_nuclei.csv"
-        ).read_text()
-    with pytest.raises(ValueError, match="images_in_flight must be at least 1"):
-        DarkNuclei(None, input=folder, output_dir=tmp_path / "bad", images_in_flight=0)
 
 
 def test_bundle_run_on_a_folder_and_a_mismatching_checkpoint(tmp_path):

@@ -19,7 +19,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import warnings
 from pathlib import Path
 
@@ -35,21 +34,19 @@ CONFIGS = [str(REPO / "bundle" / "configs" / f) for f in ("inference.json", "mul
 
 
 class Counting(DarkNuclei):
-    """:class:`DarkNuclei` that records the images it processes (two are in flight by default, so in no fixed
-    order) and fails on those named in ``fail``."""
+    """:class:`DarkNuclei` that records the images it processes and fails on those named in ``fail``."""
 
     def __init__(self, *args, fail: tuple[str, ...] = (), **kwargs) -> None:
         super().__init__(None, *args, progress=False, **kwargs)
-        self.fail, self.seen, self.current = fail, [], threading.local()
+        self.fail, self.seen = fail, []
 
     def process(self, path, progress=None) -> dict:
-        self.current.name = Path(path).stem
-        self.seen.append(self.current.name)
+        self.seen.append(Path(path).stem)
         return super().process(path, progress)
 
     def predict(self, image, region):
-        if self.current.name in self.fail:
-            raise RuntimeError(f"simulated failure in {self.current.name}")
+        if self.seen[-1] in self.fail:
+            raise RuntimeError(f"simulated failure in {self.seen[-1]}")
         return super().predict(image, region)
 
 
@@ -139,9 +136,7 @@ def test_restart_skips_finished_images(tiles, tmp_path):
     names = [p.stem for p in tiles]
     first = Counting(folder, out, outputs=["csv", "geojson", "label"])
     counts = {r["name"]: r["nuclei"] for r in first.run()["images"]}
-    assert sorted(first.seen) == names and sorted(p.name for p in (out / "records").iterdir()) == [
-        f"{n}.json" for n in names
-    ]
+    assert first.seen == names and sorted(p.name for p in (out / "records").iterdir()) == [f"{n}.json" for n in names]
 
     again = Counting(folder, out, outputs=["csv", "geojson"])  # fewer outputs than done: nothing to do
     summary = again.run()
@@ -156,7 +151,7 @@ def test_restart_skips_finished_images(tiles, tmp_path):
     (out / ".x.tmp").write_text("left by a killed run")
     redo = Counting(folder, out, outputs=["csv", "geojson"])
     summary = redo.run()
-    assert sorted(redo.seen) == names[1:3] and [r["status"] for r in summary["images"]] == [
+    assert redo.seen == names[1:3] and [r["status"] for r in summary["images"]] == [
         "skipped",
         "done",
         "done",
@@ -164,10 +159,10 @@ def test_restart_skips_finished_images(tiles, tmp_path):
     ]
     assert {r["name"]: r["nuclei"] for r in summary["images"]} == counts and not (out / ".x.tmp").exists()
     more = Counting(folder, out, outputs=["csv", "geojson", "overlay"])
-    assert more.run()["done"] == 4 and sorted(more.seen) == names
+    assert more.run()["done"] == 4 and more.seen == names
 
     forced = Counting(folder, out, outputs=["csv"], overwrite="true")  # as `--overwrite true` passes it
-    assert forced.run()["done"] == 4 and sorted(forced.seen) == names
+    assert forced.run()["done"] == 4 and forced.seen == names
     assert json.loads((out / f"{names[3]}_nuclei.geojson").read_text())["type"] == "FeatureCollection"
 
 
@@ -177,7 +172,7 @@ def test_a_failed_image_is_recorded_and_raised_after_the_others(tiles, tmp_path)
     engine = Counting(SAMPLE / "images", out, outputs=["csv", "geojson"], fail=(names[1],))
     with pytest.raises(RuntimeError, match=f"simulated failure in {names[1]}") as failure:
         engine.run()
-    assert sorted(engine.seen) == names  # the images after the failed one were processed
+    assert engine.seen == names  # the images after the failed one were processed
     assert "1 of 4 image(s) failed" in "".join(failure.value.__notes__)
     rows = _rows(out / "summary.csv")
     assert [r["status"] for r in rows] == ["done", "failed", "done", "done"]
