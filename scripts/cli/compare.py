@@ -45,6 +45,18 @@ ROWS = {
     "upper": ("upper bound: real images + dense labels", "dense", None, None),
     "pseudo": ("pseudo masks from the points", "pseudo", None, None),
     "pseudo_band2": ("pseudo masks, a 2 px band along their outlines ignored", "pseudo", None, None),
+    "upper_nogap": (
+        "upper bound, no gap between touching nuclei in the nucleus-pixel target (np_touching_gap: 0, before 0.14.0)",
+        "dense",
+        None,
+        None,
+    ),
+    "pseudo_nogap": (
+        "pseudo masks, no gap between touching masks in the nucleus-pixel target (np_touching_gap: 0, before 0.14.0)",
+        "pseudo",
+        None,
+        None,
+    ),
     "upper_gap": (
         "upper bound, a 2 px gap between touching nuclei in the nucleus-pixel target (np_touching_gap: 1)",
         "dense",
@@ -218,6 +230,7 @@ SEGMENTER = {
     "pseudo_wide": {"network_def#features": [32, 32, 64, 128, 256, 32]},
     "pseudo_long": {"iterations": 1800},
     **dict.fromkeys(("upper_gap", "pseudo_gap", "c_matched_refined6_gap"), {"np_touching_gap": 1}),
+    **dict.fromkeys(("upper_nogap", "pseudo_nogap"), {"np_touching_gap": 0}),
     "c_real_plain": {"appearance_randomisation": False},
     "pseudo_appearance": {"appearance_randomisation": True},
 }
@@ -321,9 +334,11 @@ def compare(
             ``refine_pointless: background`` (a teacher's nucleus holding no point is taught as background unless it
             touches a labelled nucleus: every MoNuSeg nucleus carries a point); ``pseudo_band2`` is ``pseudo`` with
             ``pseudo_outline_ignore: 2`` (the loss skips 2 px on each side of every pseudo-mask outline);
-            ``upper_gap``, ``pseudo_gap`` and ``c_matched_refined6_gap`` are ``upper``, ``pseudo`` and
-            ``c_matched_refined6`` with ``np_touching_gap: 1`` (the nucleus-pixel target loses the pixel on each
-            side of every outline two nuclei share, so the foreground itself separates touching nuclei);
+            ``upper_gap``, ``pseudo_gap`` and ``c_matched_refined6_gap`` set ``np_touching_gap: 1`` (the
+            nucleus-pixel target loses the pixel on each side of every outline two nuclei share, so the foreground
+            itself separates touching nuclei; the cpu profile's default since 0.14.0, so that these rows now equal
+            ``upper``, ``pseudo`` and ``c_matched_refined6``); ``upper_nogap`` and ``pseudo_nogap`` set 0 (the
+            profile before 0.14.0);
             ``upper_wide`` and ``pseudo_wide`` train the 0.6.0 network (``features`` 32-32-64-128-256-32),
             ``pseudo_long`` 1800 iterations; ``c_real_plain`` trains on ``c_real``'s pairs without the cpu
             profile's ``appearance_randomisation`` (random contrast curves, gamma, blur and noise on every synthetic

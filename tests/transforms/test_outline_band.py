@@ -106,8 +106,9 @@ def test_separating_real_nuclei_leaves_no_two_nuclei_adjacent(sample_names):
 
 
 def test_the_training_target_has_the_gap_only_when_asked(sample_names):
-    """``np_touching_gap: 1``: the profile's NP target of a real crop is the nuclei minus their touching borders, while
-    the HoVer target still covers the whole nuclei; 0 (the default) teaches the whole nuclei."""
+    """``np_touching_gap: 1`` (the ``cpu`` profile's default): the NP target of a real crop is the nuclei minus their
+    touching borders, while the HoVer target still covers the whole nuclei; 0 (``train.json``'s default) teaches the
+    whole nuclei."""
     from monai.transforms import Compose
 
     label = read_label(SAMPLE / "labels" / f"{sample_names[0]}.png").astype(np.int32)[None]
@@ -122,3 +123,5 @@ def test_the_training_target_has_the_gap_only_when_asked(sample_names):
         hv = np.asarray(out["hv_label"]) if hv is None else hv
         assert np.array_equal(np.asarray(out["hv_label"]), hv)  # the HoVer target does not change
     assert (expected != (label[0] > 0)).any()  # the crop holds touching nuclei
+    assert parse_configs(CONFIGS / "train_cpu.json")["np_touching_gap"] == 1
+    assert parse_configs(CONFIGS / "train.json")["np_touching_gap"] == 0
