@@ -123,5 +123,6 @@ def test_the_training_target_has_the_gap_only_when_asked(sample_names):
         hv = np.asarray(out["hv_label"]) if hv is None else hv
         assert np.array_equal(np.asarray(out["hv_label"]), hv)  # the HoVer target does not change
     assert (expected != (label[0] > 0)).any()  # the crop holds touching nuclei
-    assert parse_configs(CONFIGS / "train_cpu.json")["np_touching_gap"] == 1
-    assert parse_configs(CONFIGS / "train.json")["np_touching_gap"] == 0
+    defaults = parse_configs(CONFIGS / "train.json", CONFIGS / "train_cpu.json", **settings)
+    assert defaults.get_parsed_content("np_touching_gap") == 1
+    assert parse_configs(CONFIGS / "train.json").get_parsed_content("np_touching_gap") == 0
