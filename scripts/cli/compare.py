@@ -202,11 +202,19 @@ FINE_TUNED_CHAINS = {
     ),
     # the same chain with every round fine-tuned, the first from the synthetic-pair segmenter itself
     "c_matched_ft": (
-        range(1, 4),
+        range(1, 7),
         "c_real_matched",
         "(c) colour-matched pairs, {k} refine rounds, every student fine-tuned from its teacher",
     ),
+    # the same chain on a shorter schedule per round (cpu: 400 iterations instead of 700, ~6 instead of ~9 minutes)
+    "c_matched_short": (
+        range(1, 9),
+        "c_real_matched",
+        "(c) colour-matched pairs, {k} refine rounds, every student fine-tuned from its teacher, 400 iterations (cpu)",
+    ),
 }
+#: fine-tuned row -> per-profile ``refine.json`` overrides of the profile's later-round schedule
+SCHEDULES = {f"c_matched_short{k}": {"cpu": {"iterations": 400}} for k in FINE_TUNED_CHAINS["c_matched_short"][0]}
 for _prefix, (_rounds, _, _name) in FINE_TUNED_CHAINS.items():
     ROWS.update({f"{_prefix}{k}": (_name.format(k=k, previous=k - 1), "refined", None, None) for k in _rounds})
 ROWS["c_matched_refined6_gap"] = (
@@ -272,10 +280,11 @@ REFINED["c_matched_refined6_gap"] = ("c_matched_refined5", REFINED["c_matched_re
 def refine_settings(row: str, profile: str) -> dict:
     """The ``refine.json`` settings of the refined ``row`` under ``profile``: a student that starts from its teacher
     (``refine_student_init: teacher``) trains on the profile's later-round schedule, as in the main job
-    (``pipeline.PROFILES[profile].refine_later``: ``cpu`` 700 iterations instead of 1400)."""
+    (``pipeline.PROFILES[profile].refine_later``: ``cpu`` 700 iterations instead of 1400), or the row's own
+    (:data:`SCHEDULES`: ``c_matched_short*``, 400 on ``cpu``)."""
     settings = REFINED[row][1]
     if settings.get("refine_student_init") == "teacher":
-        settings = {**settings, **PROFILES[profile].refine_later}
+        settings = {**settings, **PROFILES[profile].refine_later, **SCHEDULES.get(row, {}).get(profile, {})}
     return settings
 
 
@@ -326,8 +335,9 @@ def compare(
             ``colour_match: reinhard``); ``c_matched_refined`` refines with the ``c_real_matched`` teacher,
             ``c_matched_refined2`` to ``c_matched_refined8`` add rounds 2 to 8 (each taught by the round before;
             from round 3 on the student fine-tunes its teacher for 700 iterations, as ``c_refined2_ft``);
-            ``c_matched_ft1`` to ``c_matched_ft3`` are the same chain with every student fine-tuned from its
-            teacher for 700 iterations, the first from ``c_real_matched`` itself; ``c_refined2_ft`` is
+            ``c_matched_ft1`` to ``c_matched_ft6`` are the same chain with every student fine-tuned from its
+            teacher for 700 iterations, the first from ``c_real_matched`` itself, and ``c_matched_short1`` to
+            ``c_matched_short8`` the same with 400 iterations per round; ``c_refined2_ft`` is
             ``c_refined2`` with the student starting from its teacher's weights (``refine_student_init: teacher``)
             and trained for 700 iterations instead of 1400;
             ``c_refined_bg`` and ``pseudo_refined_bg`` are ``c_refined`` and ``pseudo_refined_h`` with

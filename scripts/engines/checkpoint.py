@@ -14,7 +14,9 @@
 MONAI's ``CheckpointSaver`` writes in place (``atomic=False``), so a run killed mid-write can leave a truncated
 file as its newest checkpoint. :class:`TrainingCheckpoint` writes every checkpoint to a temporary file and
 renames it, keeps the newest ``n_saved``, and on ``STARTED`` restores the newest one (networks, optimisers,
-schedulers, image pools and the engine's iteration count) when ``resume`` is on.
+schedulers, image pools and the engine's iteration count) when ``resume`` is on. Each checkpoint also records the
+run's ``settings`` (what it learns from: data, seed, loss options, ...); a resume under other settings stops with the
+setting named, instead of silently continuing (or reusing the finished model of) an older configuration.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +67,10 @@ class TrainingCheckpoint:
         save_interval: save every this many epochs (``0``: only at the end).
         n_saved: number of newest checkpoints kept.
         resume: on ``STARTED``, load the newest checkpoint of ``save_dir`` if there is one.
+        settings: JSON-compatible settings that define what the run learns, saved in every checkpoint (``"settings"``)
+            and compared on resume: a difference is an error naming the setting. The schedule's length is not one of
+            them (a resumed run may train longer). Checkpoints written before settings were recorded resume with a
+            warning.
     """
 
     def __init__(
@@ -73,16 +80,19 @@ class TrainingCheckpoint:
         save_interval: int = 1,
         n_saved: int = 2,
         resume: bool = True,
+        settings: Mapping[str, Any] | None = None,
     ) -> None:
         if n_saved < 1 or save_interval < 0:
             raise ValueError(f"need n_saved >= 1 and save_interval >= 0, got {n_saved}, {save_interval}.")
-        if "trainer" in save_dict:
-            raise ValueError("TrainingCheckpoint: 'trainer' is reserved for the engine's own state.")
+        reserved = sorted({"trainer", "settings"} & set(save_dict))
+        if reserved:
+            raise ValueError(f"TrainingCheckpoint: {reserved} are reserved for the engine's state and the settings.")
         missing = [k for k, v in save_dict.items() if not hasattr(v, "state_dict")]
         if missing:
             raise TypeError(f"TrainingCheckpoint: {missing} have no state_dict().")
         self.save_dir, self.save_dict = Path(save_dir), save_dict
         self.save_interval, self.n_saved, self.resume = save_interval, n_saved, resume
+        self.settings = json.loads(json.dumps(dict(settings or {}), default=str))  # what a reloaded checkpoint holds
         self.logger = logging.getLogger(self.__class__.__name__)
 
     def attach(self, engine: Engine) -> None:
@@ -102,7 +112,7 @@ class TrainingCheckpoint:
         if not path.exists():
             with atomic_path(path) as tmp:
                 state = {k: v.state_dict() for k, v in self.save_dict.items()}
-                torch.save(state | {"trainer": engine.state_dict()}, tmp)
+                torch.save(state | {"trainer": engine.state_dict(), "settings": self.settings}, tmp)
             self.logger.info(f"saved {path}")
         for old in list_checkpoints(self.save_dir)[: -self.n_saved]:
             old.unlink(missing_ok=True)
@@ -132,6 +142,7 @@ class TrainingCheckpoint:
         missing = sorted(set(self.save_dict) - set(checkpoint)) + (["trainer"] if "trainer" not in checkpoint else [])
         if missing:
             raise ValueError(f"{path}: checkpoint lacks {missing}; it was written by a different configuration.")
+        self._check_settings(path, checkpoint.get("settings"))
         engine_state = dict(checkpoint["trainer"])
         max_epochs = engine.state.max_epochs
         epoch_length = engine_state.get("epoch_length") or 1
@@ -148,6 +159,25 @@ class TrainingCheckpoint:
         engine.load_state_dict(engine_state | {"max_epochs": max_epochs})
         self.logger.info(f"resumed from {path} at iteration {engine.state.iteration}")
         return path
+
+    def _check_settings(self, path: Path, saved: dict | None) -> None:
+        """Raise if ``path`` was written under other settings than this run's (one line naming each difference)."""
+        if not self.settings:
+            return
+        if saved is None:
+            self.logger.warning(f"{path}: written before checkpoints recorded their settings; cannot check them.")
+            return
+        missing = object()
+        changed = [
+            f"{key} {saved.get(key, '(unset)')!r} -> {self.settings.get(key, '(unset)')!r}"
+            for key in sorted(set(saved) | set(self.settings))
+            if saved.get(key, missing) != self.settings.get(key, missing)
+        ]
+        if changed:
+            raise ValueError(
+                f"{path}: this run's settings differ from the checkpoint's ({'; '.join(changed)}); resume with the "
+                f"checkpoint's settings, or train into a new output folder."
+            )
 
 
 def inference_network(bundle: str | Path) -> torch.nn.Module:

@@ -166,6 +166,29 @@ def test_resume_rejects_a_checkpoint_of_another_network(tmp_path):
         )
 
 
+def test_resume_checks_the_recorded_settings(tmp_path, caplog):
+    net = torch.nn.Linear(3, 2)
+    settings = {"seed": 0, "np_touching_gap": 1, "loss_weights": {"w_cycle": 5.0}}
+    TrainingCheckpoint(tmp_path, {"net": net}, settings=settings).save(_FakeEngine(2))
+    engine = _FakeEngine(0)
+    assert TrainingCheckpoint(tmp_path, {"net": net}, settings=dict(settings)).load_latest(engine) is not None
+    assert engine.state.iteration == 2
+    changed = settings | {"np_touching_gap": 0, "loss_weights": {"w_cycle": 1.0}}
+    with pytest.raises(ValueError, match=r"checkpoint_00000002.pt: this run's settings differ.*loss_weights .*"
+                       r"np_touching_gap 1 -> 0\); .*new output folder"):  # fmt: skip
+        TrainingCheckpoint(tmp_path, {"net": net}, settings=changed).load_latest(_FakeEngine(0))
+    with pytest.raises(ValueError, match=r"seed 0 -> '\(unset\)'"):
+        TrainingCheckpoint(tmp_path, {"net": net}, settings={"np_touching_gap": 1}).load_latest(_FakeEngine(0))
+    with pytest.raises(ValueError, match="reserved"):
+        TrainingCheckpoint(tmp_path, {"settings": net})
+    old = tmp_path / "old"  # written before checkpoints recorded settings: resumes, with a warning
+    old.mkdir()
+    torch.save({"net": net.state_dict(), "trainer": _FakeEngine(4).state_dict()}, old / "checkpoint_00000004.pt")
+    with caplog.at_level("WARNING"):
+        assert TrainingCheckpoint(old, {"net": net}, settings=settings).load_latest(_FakeEngine(0)) is not None
+    assert "written before checkpoints recorded their settings" in caplog.text
+
+
 def test_resume_falls_back_to_the_newest_readable_checkpoint(tmp_path, caplog):
     net = torch.nn.Linear(3, 2)
     TrainingCheckpoint(tmp_path, {"net": net}).save(_FakeEngine(2))

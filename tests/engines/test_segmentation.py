@@ -249,6 +249,10 @@ def test_resume_continues_and_keeps_the_best_score(tmp_path):
     assert [r["iteration"] for r in rows] == [2, 4, 6, 8]
     assert parser.get_parsed_content("train#validator").best["score"] == max(r["point_f1"] for r in rows)
     assert rows[:2] == first
+    with pytest.raises(RuntimeError) as error:  # another recipe never continues this run
+        _train(tmp_path / "run", iterations=10, np_touching_gap=1)
+    assert isinstance(error.value.__cause__, ValueError)
+    assert "settings differ from the checkpoint's (np_touching_gap 0 -> 1)" in str(error.value.__cause__)
 
 
 def test_first_phase_trains_the_decoders_only(tmp_path):
@@ -491,6 +495,9 @@ def test_evaluating_from_the_command_line(tmp_path):
     assert metrics["n_images"] == 4 and metrics["mean"]["aji"] > 0.3
 
 
+_HAEMATOXYLIN_TEACHER = {"refine_outlines": "haematoxylin", "refine_student_init": "teacher"}
+
+
 def test_every_synthetic_row_has_its_gan_folder_and_pairs():
     """Rows of one GAN share its run folder; rows with other synthesis settings or GANs get their own pairs."""
     from scripts.cli.compare import (
@@ -542,3 +549,8 @@ def test_every_synthetic_row_has_its_gan_folder_and_pairs():
         assert cpu["refine_student_init"] == "teacher" and cpu["iterations"] == 700 and row not in SEGMENTER, row
         assert "iterations" not in refine_settings(row, "smoke")  # the smoke schedule as it is
     assert "iterations" not in refine_settings("c_matched_refined2", "cpu")  # a student from scratch: full schedule
+    short = [f"c_matched_short{k}" for k in range(1, 4)]
+    assert with_teachers(short[-1:]) == ["c_real_matched", *short]
+    for row in short:  # the short chain's own schedule on cpu, the profile's elsewhere
+        assert refine_settings(row, "cpu") == {**_HAEMATOXYLIN_TEACHER, "iterations": 400}
+        assert refine_settings(row, "smoke") == _HAEMATOXYLIN_TEACHER
